@@ -1,0 +1,242 @@
+// One client connection: a WebSocket on one side, the broker's TCP socket on the other, bytes
+// piped both ways unchanged. A WebSocket frame may carry part of an MQTT packet or several
+// [MQTT-6.0.0-2], so the bridge never re-frames or inspects: it forwards the byte stream.
+//
+// Memory per connection is bounded in both directions:
+// - client -> broker: when the broker socket's write buffer is full (write() returns false),
+//   the WebSocket stops reading (ws.pause() stops the TCP socket) until 'drain'.
+// - broker -> client: when the WebSocket's buffered amount would pass highWaterMark, the broker
+//   socket stops reading until that send has been flushed to the kernel.
+import type { Socket } from 'node:net'
+import type { RawData, WebSocket } from 'ws'
+import type { Logger } from '../log.js'
+import { CloseCode, CloseReason, type Initiator } from './close-codes.js'
+
+// How long a broker socket may stay half-open after the client left before it is destroyed.
+const UPSTREAM_END_TIMEOUT_MS = 2_000
+
+export interface ConnectionInfo {
+  id: string
+  remoteAddress: string
+  protocol: string | false
+  broker: string
+}
+
+export interface ConnectionOptions {
+  highWaterMark: number
+  log: Logger
+  /** Called once, after both sides are closed. */
+  onClose: (connection: Connection) => void
+}
+
+/** What the close log line (and later the metrics) report about a finished connection. */
+export interface CloseSummary {
+  code: number
+  initiator: Initiator
+  reason: string
+}
+
+export class Connection {
+  readonly id: string
+  readonly remoteAddress: string
+  readonly protocol: string | false
+  readonly broker: string
+  readonly openedAt = Date.now()
+
+  bytesToBroker = 0
+  bytesToClient = 0
+  framesToBroker = 0
+  framesToClient = 0
+  lastActivity = this.openedAt
+  /** Client -> broker paused because the broker socket is full. */
+  pausedToBroker = false
+  /** Broker -> client paused because the WebSocket is backed up. */
+  pausedToClient = false
+  closed: CloseSummary | undefined
+
+  readonly #ws: WebSocket
+  readonly #upstream: Socket
+  readonly #options: ConnectionOptions
+  #pingSentAt = 0
+  #pending: CloseSummary | undefined
+  #finished = false
+  #closeWaiters: (() => void)[] = []
+
+  constructor(ws: WebSocket, upstream: Socket, info: ConnectionInfo, options: ConnectionOptions) {
+    this.id = info.id
+    this.remoteAddress = info.remoteAddress
+    this.protocol = info.protocol
+    this.broker = info.broker
+    this.#ws = ws
+    this.#upstream = upstream
+    this.#options = options
+
+    ws.on('message', this.#onClientMessage)
+    ws.on('pong', this.#onPong)
+    ws.on('error', this.#onClientError)
+    ws.on('close', this.#onClientClose)
+    upstream.on('data', this.#onBrokerData)
+    upstream.on('end', this.#onBrokerEnd)
+    upstream.on('error', this.#onBrokerError)
+    upstream.on('close', this.#onBrokerClose)
+    upstream.on('drain', this.#onBrokerDrain)
+
+    options.log.info(
+      { conn: this.id, remote: this.remoteAddress, protocol: this.protocol, broker: this.broker },
+      'connection opened',
+    )
+  }
+
+  /** Resolves once both sides are closed and the close has been logged. */
+  whenClosed(): Promise<void> {
+    if (this.#finished) return Promise.resolve()
+    return new Promise((resolve) => this.#closeWaiters.push(resolve))
+  }
+
+  /** Starts a close handshake with `code`; the client's answer (or ws's timeout) ends it. */
+  close(code: number, reason: string, initiator: Initiator): void {
+    this.#pending ??= { code, initiator, reason }
+    this.#ws.close(code, reason)
+  }
+
+  /** Cuts the connection at once, without a close handshake (shutdown grace ran out). */
+  terminate(reason: string): void {
+    this.#pending ??= { code: 1006, initiator: 'gateway', reason }
+    this.#ws.terminate()
+  }
+
+  /** Sends a ping unless one is outstanding; terminates a peer whose pong is overdue. */
+  ping(now: number, timeout: number): void {
+    if (this.#pingSentAt !== 0) {
+      if (this.pongOverdue(now, timeout)) this.terminateForPingTimeout()
+      return
+    }
+    if (this.#ws.readyState !== this.#ws.OPEN) return
+    this.#pingSentAt = now
+    this.#ws.ping()
+  }
+
+  pongOverdue(now: number, timeout: number): boolean {
+    return this.#pingSentAt !== 0 && now - this.#pingSentAt >= timeout
+  }
+
+  terminateForPingTimeout(): void {
+    this.#options.log.warn({ conn: this.id }, 'no pong within ws.pongTimeout; terminating')
+    this.terminate('ping timeout')
+  }
+
+  readonly #onClientMessage = (message: RawData, isBinary: boolean): void => {
+    // The server sets no binaryType, so ws hands over 'nodebuffer': always one Buffer.
+    const data = message as Buffer
+    if (!isBinary) {
+      // [MQTT-6.0.0-1]: a non-binary data frame means the connection must be closed.
+      this.close(CloseCode.UNSUPPORTED_DATA, CloseReason.textFrame, 'gateway')
+      return
+    }
+    this.framesToBroker++
+    this.bytesToBroker += data.length
+    this.lastActivity = Date.now()
+    if (!this.#upstream.write(data) && !this.pausedToBroker) {
+      this.pausedToBroker = true
+      this.#ws.pause()
+    }
+  }
+
+  readonly #onBrokerDrain = (): void => {
+    if (!this.pausedToBroker) return
+    this.pausedToBroker = false
+    this.#ws.resume()
+  }
+
+  readonly #onBrokerData = (chunk: Buffer): void => {
+    this.framesToClient++
+    this.bytesToClient += chunk.length
+    this.lastActivity = Date.now()
+    if (this.#ws.bufferedAmount + chunk.length <= this.#options.highWaterMark) {
+      this.#ws.send(chunk)
+      return
+    }
+    // This send crosses the mark: stop reading the broker until it has been flushed, which
+    // (sends being in order) means everything before it has been flushed too.
+    this.pausedToClient = true
+    this.#upstream.pause()
+    this.#ws.send(chunk, this.#onClientFlushed)
+  }
+
+  readonly #onClientFlushed = (err?: Error): void => {
+    if (err !== undefined || !this.pausedToClient) return
+    this.pausedToClient = false
+    this.#upstream.resume()
+  }
+
+  readonly #onPong = (): void => {
+    this.#pingSentAt = 0
+  }
+
+  readonly #onClientError = (err: Error & { code?: string }): void => {
+    // ws closes the connection itself after these (1009 too big, 1002 protocol errors).
+    if (err.code === 'WS_ERR_UNSUPPORTED_MESSAGE_LENGTH') {
+      this.#pending ??= {
+        code: CloseCode.MESSAGE_TOO_BIG,
+        initiator: 'gateway',
+        reason: CloseReason.tooBig,
+      }
+    } else {
+      this.#pending ??= { code: 1002, initiator: 'gateway', reason: err.message }
+    }
+  }
+
+  readonly #onClientClose = (code: number, reason: Buffer): void => {
+    this.closed = this.#pending ?? { code, initiator: 'client', reason: reason.toString() }
+    // end(), not destroy(): bytes the client sent last (an MQTT DISCONNECT) must still reach
+    // the broker. A broker that keeps its side open is cut after a short wait.
+    this.#upstream.end()
+    setTimeout(() => this.#upstream.destroy(), UPSTREAM_END_TIMEOUT_MS).unref()
+    this.#finishIfBothClosed()
+  }
+
+  readonly #onBrokerEnd = (): void => {
+    this.close(CloseCode.NORMAL, CloseReason.brokerClosed, 'broker')
+  }
+
+  readonly #onBrokerError = (err: NodeJS.ErrnoException): void => {
+    const code = err.code ?? 'error'
+    this.#options.log.warn({ conn: this.id, err: err.message }, 'broker connection error')
+    this.close(CloseCode.INTERNAL_ERROR, CloseReason.upstreamError(code), 'broker')
+  }
+
+  readonly #onBrokerClose = (): void => {
+    // A socket destroyed without 'end' or 'error' (e.g. by the timer above) still closes the
+    // client side.
+    if (this.closed === undefined) {
+      this.close(CloseCode.INTERNAL_ERROR, CloseReason.upstreamError('closed'), 'broker')
+    }
+    this.#finishIfBothClosed()
+  }
+
+  #finishIfBothClosed(): void {
+    if (this.closed === undefined || !this.#upstream.destroyed) return
+    if (this.#finished) return
+    this.#finished = true
+    this.#options.log.info(
+      {
+        conn: this.id,
+        remote: this.remoteAddress,
+        protocol: this.protocol,
+        broker: this.broker,
+        bytesToBroker: this.bytesToBroker,
+        bytesToClient: this.bytesToClient,
+        framesToBroker: this.framesToBroker,
+        framesToClient: this.framesToClient,
+        durationMs: Date.now() - this.openedAt,
+        code: this.closed.code,
+        initiator: this.closed.initiator,
+        reason: this.closed.reason,
+      },
+      'connection closed',
+    )
+    this.#options.onClose(this)
+    for (const resolve of this.#closeWaiters) resolve()
+    this.#closeWaiters = []
+  }
+}

@@ -1,0 +1,30 @@
+// Every WebSocket close code Drawbridge sends, with the reason text that goes with it
+// (RFC 6455 section 7.4.1). The README's "Close codes" table lists each; a test keeps them in step.
+
+export const CloseCode = {
+  /** The broker ended the TCP connection (after an MQTT DISCONNECT or on its own). */
+  NORMAL: 1000,
+  /** The gateway is shutting down (SIGTERM/SIGINT). */
+  GOING_AWAY: 1001,
+  /** A text frame arrived: MQTT packets travel in binary frames only [MQTT-6.0.0-1]. */
+  UNSUPPORTED_DATA: 1003,
+  /** An operator closed the connection, or a policy forbids it. */
+  POLICY_VIOLATION: 1008,
+  /** A message larger than ws.maxPayload arrived. */
+  MESSAGE_TOO_BIG: 1009,
+  /** The broker connection failed (reset, error). */
+  INTERNAL_ERROR: 1011,
+} as const
+
+export type CloseCodeValue = (typeof CloseCode)[keyof typeof CloseCode]
+
+export const CloseReason = {
+  brokerClosed: 'broker closed the connection',
+  shuttingDown: 'server shutting down',
+  textFrame: 'text frames are not allowed; MQTT needs binary frames',
+  tooBig: 'message larger than the gateway allows',
+  upstreamError: (code: string): string => `broker connection failed: ${code}`,
+} as const
+
+/** Who ended a connection, for the close log line (and the closes metric later). */
+export type Initiator = 'client' | 'broker' | 'gateway'

@@ -1,0 +1,146 @@
+// Custom convict formats. convict runs `coerce` only on strings (env vars, argv); values from a
+// JSON file arrive already typed, so every `validate` accepts both the parsed and the raw form.
+import convict from 'convict'
+
+const DURATION_UNITS: Record<string, number> = {
+  ms: 1,
+  s: 1000,
+  m: 60_000,
+  h: 3_600_000,
+}
+
+const SIZE_UNITS: Record<string, number> = {
+  b: 1,
+  kb: 1000,
+  mb: 1000 ** 2,
+  gb: 1000 ** 3,
+  kib: 1024,
+  mib: 1024 ** 2,
+  gib: 1024 ** 3,
+}
+
+/** `500ms`, `30s`, `2m`, `1h`, or a bare number of milliseconds. */
+export function parseDuration(value: unknown): number {
+  return parseWithUnits(value, DURATION_UNITS, 'a duration such as 500ms, 30s, 2m')
+}
+
+/** `64KiB`, `16MiB`, `1MB`, or a bare number of bytes. */
+export function parseSize(value: unknown): number {
+  return parseWithUnits(value, SIZE_UNITS, 'a size such as 65536, 64KiB, 16MiB')
+}
+
+function parseWithUnits(value: unknown, units: Record<string, number>, expected: string): number {
+  if (typeof value === 'number') {
+    if (Number.isInteger(value) && value >= 0) return value
+    throw new Error(`must be ${expected} (a whole number >= 0)`)
+  }
+  if (typeof value !== 'string') throw new Error(`must be ${expected}`)
+  const match = /^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$/.exec(value)
+  const unit = (match?.[2] ?? '').toLowerCase()
+  // A bare number is in the base unit (milliseconds, bytes).
+  const multiplier = unit === '' ? 1 : units[unit]
+  if (!match || multiplier === undefined) throw new Error(`must be ${expected}`)
+  return Math.round(Number(match[1]) * multiplier)
+}
+
+export interface HostPort {
+  host: string
+  port: number
+}
+
+/** `host:port`, `1.2.3.4:1883`, `[::1]:1883`. */
+export function parseHostPort(value: string): HostPort {
+  const match = /^(?:\[([0-9a-fA-F:.]+)\]|([^:[\]\s]+)):(\d{1,5})$/.exec(value.trim())
+  const port = Number(match?.[3])
+  if (!match || port < 1 || port > 65535) {
+    throw new Error(`"${value}" is not host:port (IPv6 as [::1]:1883)`)
+  }
+  return { host: match[1] ?? match[2] ?? '', port }
+}
+
+export function splitList(value: string): string[] {
+  return value
+    .split(',')
+    .map((item) => item.trim())
+    .filter((item) => item !== '')
+}
+
+function asList(value: unknown): unknown[] {
+  if (typeof value === 'string') return splitList(value)
+  if (Array.isArray(value)) return value as unknown[]
+  throw new Error('must be a list (a JSON array, or a comma-separated string)')
+}
+
+// A coerce that throws escapes convict without the key's name; returning the raw string lets
+// `validate` fail instead, with the key named.
+function orRaw<T>(parse: (value: string) => T, value: string): T | string {
+  try {
+    return parse(value)
+  } catch {
+    return value
+  }
+}
+
+const TRUE_WORDS = new Set(['true', '1', 'yes', 'on'])
+const FALSE_WORDS = new Set(['false', '0', 'no', 'off'])
+
+let registered = false
+
+/** Registers the formats on convict's global table; safe to call more than once. */
+export function registerFormats(): void {
+  if (registered) return
+  registered = true
+  convict.addFormats({
+    duration: {
+      validate: (value: unknown) => void parseDuration(value),
+      coerce: (value: string) => orRaw(parseDuration, value),
+    },
+    size: {
+      validate: (value: unknown) => void parseSize(value),
+      coerce: (value: string) => orRaw(parseSize, value),
+    },
+    'host-port-list': {
+      validate(value: unknown) {
+        for (const item of asList(value)) {
+          if (typeof item !== 'string') throw new Error('each entry must be a "host:port" string')
+          parseHostPort(item)
+        }
+      },
+      coerce: (value: string) => splitList(value),
+    },
+    'string-list': {
+      validate(value: unknown) {
+        for (const item of asList(value)) {
+          if (typeof item !== 'string' || item.trim() === '') {
+            throw new Error('each entry must be a non-empty string')
+          }
+        }
+      },
+      coerce: (value: string) => splitList(value),
+    },
+    // convict's own Boolean coercion turns any string but "false" into true ("flase" -> true).
+    bool: {
+      validate(value: unknown) {
+        if (typeof value !== 'boolean') throw new Error('must be true or false')
+      },
+      coerce(value: string) {
+        const word = value.trim().toLowerCase()
+        if (TRUE_WORDS.has(word)) return true
+        if (FALSE_WORDS.has(word)) return false
+        return value
+      },
+    },
+    'non-empty-string': {
+      validate(value: unknown) {
+        if (typeof value !== 'string' || value.trim() === '') throw new Error('must not be empty')
+      },
+    },
+    'url-path': {
+      validate(value: unknown) {
+        if (typeof value !== 'string' || !/^\/[^\s?#]*$/.test(value)) {
+          throw new Error('must be a URL path starting with "/" (no query string)')
+        }
+      },
+    },
+  })
+}

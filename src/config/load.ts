@@ -1,0 +1,132 @@
+// Resolves the configuration: schema defaults < profile file (config/<profile>.json) <
+// --config file < DRAWBRIDGE_* env vars. Env and file are injected so tests never touch
+// process.env.
+import { existsSync } from 'node:fs'
+import { fileURLToPath } from 'node:url'
+import convict from 'convict'
+import { ConfigError } from '../errors.js'
+import { schema, type Config } from './schema.js'
+
+/** config/ at the package root, from src/config or dist/config alike. */
+export const PROFILE_DIR = fileURLToPath(new URL('../../config/', import.meta.url))
+
+export interface LoadOptions {
+  env?: NodeJS.ProcessEnv
+  /** A JSON file given with --config. */
+  configFile?: string | undefined
+  /** Overrides DRAWBRIDGE_PROFILE and NODE_ENV. */
+  profile?: string | undefined
+}
+
+export interface LoadedConfig {
+  config: Config
+  /** JSON of the resolved config with secrets redacted, for check-config and the start log. */
+  redacted: () => Record<string, unknown>
+  /** Things worth a warning log line that do not stop start-up. */
+  warnings: string[]
+}
+
+export function loadConfig(options: LoadOptions = {}): LoadedConfig {
+  const env = options.env ?? {}
+  const profile =
+    options.profile ??
+    env.DRAWBRIDGE_PROFILE ??
+    (env.NODE_ENV === 'production' ? 'production' : 'development')
+
+  let conf: convict.Config<Config>
+  try {
+    conf = convict<Config>(schema as convict.Schema<Config>, { env, args: [] })
+    conf.set('profile', profile as Config['profile'])
+    const profileFile = `${PROFILE_DIR}${profile}.json`
+    if (existsSync(profileFile)) conf.loadFile(profileFile)
+    if (options.configFile !== undefined) {
+      if (!existsSync(options.configFile)) {
+        throw new ConfigError('--config', `file not found: ${options.configFile}`)
+      }
+      conf.loadFile(options.configFile)
+    }
+    conf.validate({ allowed: 'strict' })
+  } catch (err) {
+    throw toConfigError(err)
+  }
+
+  const config = conf.getProperties()
+  checkCrossKeyRules(config)
+  return {
+    config: deepFreeze(config),
+    redacted: () => JSON.parse(conf.toString()) as Record<string, unknown>,
+    warnings: unknownEnvWarnings(env),
+  }
+}
+
+function checkCrossKeyRules(config: Config): void {
+  if (config.upstream.brokers.length === 0) {
+    throw new ConfigError(
+      'upstream.brokers',
+      'at least one broker is required (e.g. DRAWBRIDGE_UPSTREAM_BROKERS=broker:1883)',
+    )
+  }
+  if (config.profile === 'production' && config.upstream.embedded) {
+    throw new ConfigError('upstream.embedded', 'must be false in the production profile')
+  }
+  if (config.ws.requireSubprotocol && config.ws.subprotocols.length === 0) {
+    throw new ConfigError('ws.subprotocols', 'is empty while ws.requireSubprotocol is true')
+  }
+  if (config.ws.pingInterval > 0 && config.ws.pongTimeout === 0) {
+    throw new ConfigError('ws.pongTimeout', 'must be above 0 while ws.pingInterval is on')
+  }
+}
+
+// Names Kubernetes injects for a Service called "drawbridge"; they are not typos.
+const KUBERNETES_SERVICE_ENV = /^DRAWBRIDGE_(PORT(_\d+_(TCP|UDP|SCTP)(_\w+)?)?|SERVICE_\w+)$/
+
+function unknownEnvWarnings(env: NodeJS.ProcessEnv): string[] {
+  const known = new Set<string>()
+  collectEnvNames(schema, known)
+  return Object.keys(env)
+    .filter((name) => name.startsWith('DRAWBRIDGE_') && !known.has(name))
+    .filter((name) => !KUBERNETES_SERVICE_ENV.test(name))
+    .map((name) => `${name} is set but is not a Drawbridge setting (ignored; typo?)`)
+}
+
+/** Walks the schema tree, calling `visit` for every leaf key with its dotted path. */
+export function forEachSchemaKey(
+  node: Record<string, unknown>,
+  visit: (path: string, spec: Record<string, unknown>) => void,
+  prefix = '',
+): void {
+  for (const [name, child] of Object.entries(node)) {
+    const path = prefix === '' ? name : `${prefix}.${name}`
+    const spec = child as Record<string, unknown>
+    if ('doc' in spec && 'default' in spec) visit(path, spec)
+    else forEachSchemaKey(spec, visit, path)
+  }
+}
+
+function collectEnvNames(node: Record<string, unknown>, into: Set<string>): void {
+  forEachSchemaKey(node, (_path, spec) => {
+    if (typeof spec.env === 'string') into.add(spec.env)
+  })
+}
+
+// convict reports every problem in one Error, one per line:
+//   upstream.brokers: "b" is not host:port (IPv6 as [::1]:1883): value was ["a:1","b"]
+// Start-up wants the first one, with the key it names.
+function toConfigError(err: unknown): ConfigError {
+  if (err instanceof ConfigError) return err
+  const message = err instanceof Error ? err.message : String(err)
+  const firstLine = message.split('\n').find((line) => line.trim() !== '') ?? message
+  const undeclared = /configuration param '([\w.]+)' not declared/.exec(firstLine)
+  if (undeclared) return new ConfigError(undeclared[1] ?? '', 'is not a Drawbridge setting')
+  const match = /^\s*([\w.]+): (.*)$/.exec(firstLine)
+  if (match) return new ConfigError(match[1] ?? '', match[2] ?? '')
+  return new ConfigError('config', firstLine.trim())
+}
+
+function deepFreeze<T>(value: T): T {
+  if (value !== null && typeof value === 'object') {
+    for (const child of Object.values(value)) deepFreeze(child)
+    Object.freeze(value)
+  }
+  return value
+}

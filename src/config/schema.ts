@@ -1,0 +1,152 @@
+// The one configuration schema. Every key has a doc, a default, a format and an env var named
+// DRAWBRIDGE_ + the key path in upper snake case (test/config.test.ts walks the tree to check).
+//
+// Kubernetes injects DRAWBRIDGE_PORT, DRAWBRIDGE_SERVICE_HOST, DRAWBRIDGE_PORT_443_TCP... into
+// pods when a Service is called "drawbridge". No key here may map to those names: there is no
+// top-level `port` key and no `service` section.
+import { registerFormats } from './formats.js'
+
+registerFormats()
+
+export const schema = {
+  profile: {
+    doc: 'Which file in config/ provides the base values: development (embedded broker, local-only listener) or production (no embedded broker, upstream required). Defaults to production when NODE_ENV=production.',
+    format: ['development', 'production'],
+    default: 'development',
+    env: 'DRAWBRIDGE_PROFILE',
+  },
+  listen: {
+    host: {
+      doc: 'Address the public WebSocket listener binds to.',
+      format: 'non-empty-string',
+      default: '0.0.0.0',
+      env: 'DRAWBRIDGE_LISTEN_HOST',
+    },
+    port: {
+      doc: 'Port of the public WebSocket listener (0 picks a free port).',
+      format: 'port',
+      default: 8080,
+      env: 'DRAWBRIDGE_LISTEN_PORT',
+    },
+  },
+  ws: {
+    path: {
+      doc: 'URL path that accepts WebSocket upgrades; any other path is answered 404.',
+      format: 'url-path',
+      default: '/mqtt',
+      env: 'DRAWBRIDGE_WS_PATH',
+    },
+    subprotocols: {
+      doc: "WebSocket subprotocols accepted, in no particular order; the first one in the client's offer that is listed here is chosen.",
+      format: 'string-list',
+      default: ['mqtt', 'mqttv3.1'],
+      env: 'DRAWBRIDGE_WS_SUBPROTOCOLS',
+    },
+    requireSubprotocol: {
+      doc: 'Refuse (400) an upgrade that offers none of ws.subprotocols. When false such a client is accepted without a Sec-WebSocket-Protocol answer.',
+      format: 'bool',
+      default: true,
+      env: 'DRAWBRIDGE_WS_REQUIRE_SUBPROTOCOL',
+    },
+    maxPayload: {
+      doc: 'Largest WebSocket message accepted from a client; a larger one is closed with 1009.',
+      format: 'size',
+      default: 16 * 1024 * 1024,
+      env: 'DRAWBRIDGE_WS_MAX_PAYLOAD',
+    },
+    perMessageDeflate: {
+      doc: 'Offer permessage-deflate compression. Off by default: MQTT payloads are often already compressed, and deflate costs CPU and about 300 KiB per connection.',
+      format: 'bool',
+      default: false,
+      env: 'DRAWBRIDGE_WS_PER_MESSAGE_DEFLATE',
+    },
+    pingInterval: {
+      doc: 'How often the gateway pings each client (0 = never). Keep it below the idle timeout of every proxy and load balancer on the path (often 30-60 s).',
+      format: 'duration',
+      default: 25_000,
+      env: 'DRAWBRIDGE_WS_PING_INTERVAL',
+    },
+    pongTimeout: {
+      doc: 'A client that has not answered a ping within this time is terminated (close 1006 on its side, logged as ping timeout).',
+      format: 'duration',
+      default: 10_000,
+      env: 'DRAWBRIDGE_WS_PONG_TIMEOUT',
+    },
+    handshakeTimeout: {
+      doc: 'A client connection that has not sent a complete upgrade request within this time is answered 408 and dropped.',
+      format: 'duration',
+      default: 10_000,
+      env: 'DRAWBRIDGE_WS_HANDSHAKE_TIMEOUT',
+    },
+  },
+  upstream: {
+    brokers: {
+      doc: 'MQTT brokers (plain TCP) as host:port, tried in order for each new connection; the first that accepts is used.',
+      format: 'host-port-list',
+      default: ['127.0.0.1:1883'],
+      env: 'DRAWBRIDGE_UPSTREAM_BROKERS',
+    },
+    connectTimeout: {
+      doc: 'How long to wait for each broker to accept the TCP connection before trying the next one.',
+      format: 'duration',
+      default: 5_000,
+      env: 'DRAWBRIDGE_UPSTREAM_CONNECT_TIMEOUT',
+    },
+    embedded: {
+      doc: 'Start an in-process Aedes broker on the first upstream.brokers address (development only; refused in the production profile).',
+      format: 'bool',
+      default: false,
+      env: 'DRAWBRIDGE_UPSTREAM_EMBEDDED',
+    },
+  },
+  limits: {
+    maxConnections: {
+      doc: 'Open WebSocket connections (plus upgrades in progress) above which new upgrades are refused with 503 and Retry-After.',
+      format: 'nat',
+      default: 10_000,
+      env: 'DRAWBRIDGE_LIMITS_MAX_CONNECTIONS',
+    },
+    highWaterMark: {
+      doc: 'Bytes buffered per connection per direction before the sending side is paused (backpressure); bounds memory per connection.',
+      format: 'size',
+      default: 256 * 1024,
+      env: 'DRAWBRIDGE_LIMITS_HIGH_WATER_MARK',
+    },
+  },
+  shutdown: {
+    grace: {
+      doc: 'On SIGTERM/SIGINT, how long open connections get to close after being sent 1001 before they are cut.',
+      format: 'duration',
+      default: 10_000,
+      env: 'DRAWBRIDGE_SHUTDOWN_GRACE',
+    },
+  },
+  log: {
+    level: {
+      doc: 'Log level of the JSON log lines on stdout.',
+      format: ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'],
+      default: 'info',
+      env: 'DRAWBRIDGE_LOG_LEVEL',
+    },
+  },
+}
+
+/** The validated configuration, as the rest of the code sees it. */
+export interface Config {
+  profile: 'development' | 'production'
+  listen: { host: string; port: number }
+  ws: {
+    path: string
+    subprotocols: string[]
+    requireSubprotocol: boolean
+    maxPayload: number
+    perMessageDeflate: boolean
+    pingInterval: number
+    pongTimeout: number
+    handshakeTimeout: number
+  }
+  upstream: { brokers: string[]; connectTimeout: number; embedded: boolean }
+  limits: { maxConnections: number; highWaterMark: number }
+  shutdown: { grace: number }
+  log: { level: string }
+}

@@ -1,0 +1,126 @@
+// Decides a WebSocket upgrade request before anything is opened upstream. Pure: the same
+// request and policy always give the same answer, so the table in test/handshake.test.ts can
+// cover every branch without sockets. Checks run in a fixed order, each with its own status,
+// following ws's lib/websocket-server.js handleUpgrade() (RFC 6455 section 4.2.1).
+import type { IncomingMessage } from 'node:http'
+
+export interface HandshakePolicy {
+  path: string
+  /** Accepted subprotocols. */
+  subprotocols: ReadonlySet<string>
+  requireSubprotocol: boolean
+}
+
+/** Why an upgrade was refused; also the `reason` label of the rejection metric. */
+export type RefusalReason =
+  | 'path'
+  | 'method'
+  | 'malformed'
+  | 'not_websocket'
+  | 'subprotocol'
+  | 'capacity'
+  | 'shutting_down'
+  | 'upstream_refused'
+  | 'upstream_timeout'
+  | 'handshake_timeout'
+
+export interface Refusal {
+  status: number
+  reason: RefusalReason
+  /** Short text for the response body and the log line. */
+  message: string
+  headers?: Record<string, string>
+}
+
+export type HandshakeDecision =
+  { ok: true; protocol: string | false } | { ok: false; refusal: Refusal }
+
+// Sec-WebSocket-Key is 16 random bytes in base64 (RFC 6455 section 4.1, item 7).
+const KEY_PATTERN = /^[+/0-9A-Za-z]{22}==$/
+// RFC 7230 token characters: what a subprotocol name may be made of.
+const TOKEN_PATTERN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/
+
+export function requestPath(url: string | undefined): string {
+  const raw = url ?? '/'
+  const end = raw.search(/[?#]/)
+  const path = end === -1 ? raw : raw.slice(0, end)
+  // Absolute-form request targets ("GET http://host/mqtt") come from some proxies.
+  if (/^https?:\/\//i.test(path)) {
+    try {
+      return new URL(path).pathname
+    } catch {
+      return path
+    }
+  }
+  return path
+}
+
+export function validateUpgrade(req: IncomingMessage, policy: HandshakePolicy): HandshakeDecision {
+  if (requestPath(req.url) !== policy.path) {
+    return refuse(404, 'path', `no WebSocket endpoint here; use ${policy.path}`)
+  }
+  if (req.method !== 'GET') {
+    return refuse(405, 'method', 'WebSocket upgrades must use GET', { Allow: 'GET' })
+  }
+  if (req.headers.upgrade?.toLowerCase() !== 'websocket') {
+    return refuse(400, 'malformed', 'invalid Upgrade header: expected "websocket"')
+  }
+  const key = req.headers['sec-websocket-key']
+  if (key === undefined || !KEY_PATTERN.test(key)) {
+    return refuse(400, 'malformed', 'missing or invalid Sec-WebSocket-Key header')
+  }
+  const version = req.headers['sec-websocket-version']
+  if (version !== '13' && version !== '8') {
+    return refuse(400, 'malformed', 'missing or invalid Sec-WebSocket-Version header', {
+      'Sec-WebSocket-Version': '13, 8',
+    })
+  }
+
+  const offered = parseSubprotocols(req.headers['sec-websocket-protocol'])
+  if (offered === null) {
+    return refuse(400, 'malformed', 'invalid Sec-WebSocket-Protocol header')
+  }
+  const protocol = pickSubprotocol(offered, policy.subprotocols)
+  if (protocol === false && policy.requireSubprotocol) {
+    const accepted = [...policy.subprotocols].join(', ')
+    const what = offered.length === 0 ? 'none was offered' : `offered: ${offered.join(', ')}`
+    return refuse(400, 'subprotocol', `no acceptable subprotocol (${what}); accepted: ${accepted}`)
+  }
+  return { ok: true, protocol }
+}
+
+/**
+ * Splits a Sec-WebSocket-Protocol value ("mqtt, mqttv3.1"; Node joins repeated headers with
+ * ", "). Returns null when an entry is not a token or appears twice, as ws does.
+ */
+export function parseSubprotocols(header: string | undefined): string[] | null {
+  if (header === undefined || header.trim() === '') return []
+  const names = header.split(',').map((name) => name.trim())
+  const seen = new Set<string>()
+  for (const name of names) {
+    if (!TOKEN_PATTERN.test(name) || seen.has(name)) return null
+    seen.add(name)
+  }
+  return names
+}
+
+/** The first offered protocol that is accepted, in the client's order of preference. */
+export function pickSubprotocol(
+  offered: Iterable<string>,
+  accepted: ReadonlySet<string>,
+): string | false {
+  for (const name of offered) if (accepted.has(name)) return name
+  return false
+}
+
+function refuse(
+  status: number,
+  reason: RefusalReason,
+  message: string,
+  headers?: Record<string, string>,
+): HandshakeDecision {
+  return {
+    ok: false,
+    refusal: headers ? { status, reason, message, headers } : { status, reason, message },
+  }
+}

@@ -1,0 +1,84 @@
+// Opens the TCP connection to a broker for one client: brokers are tried in the configured
+// order, each for at most `connectTimeout`; the first that accepts wins.
+import net from 'node:net'
+import type { HostPort } from '../config/formats.js'
+import { UpstreamRefusedError, UpstreamTimeoutError } from '../errors.js'
+
+export interface Upstream {
+  socket: net.Socket
+  broker: string
+}
+
+export interface ConnectOptions {
+  brokers: readonly HostPort[]
+  connectTimeout: number
+  /** Aborted when the client goes away mid-handshake: the attempt stops and its socket closes. */
+  signal?: AbortSignal
+}
+
+export function formatHostPort({ host, port }: HostPort): string {
+  return host.includes(':') ? `[${host}]:${port}` : `${host}:${port}`
+}
+
+/**
+ * Resolves with the first broker that accepts. Rejects with UpstreamTimeoutError when at least
+ * one broker did not answer in time (504), else with UpstreamRefusedError (502); the message
+ * names every broker tried and what happened.
+ */
+export async function connectUpstream(options: ConnectOptions): Promise<Upstream> {
+  const failures: string[] = []
+  let timedOut = false
+  for (const broker of options.brokers) {
+    const address = formatHostPort(broker)
+    try {
+      const socket = await connectOne(broker, options.connectTimeout, options.signal)
+      return { socket, broker: address }
+    } catch (err) {
+      if (options.signal?.aborted) throw err
+      if (err instanceof UpstreamTimeoutError) timedOut = true
+      failures.push(`${address} ${err instanceof Error ? err.message : String(err)}`)
+    }
+  }
+  const summary = failures.join('; ')
+  throw timedOut
+    ? new UpstreamTimeoutError(`no broker answered: ${summary}`)
+    : new UpstreamRefusedError(`no broker accepted the connection: ${summary}`)
+}
+
+function connectOne(broker: HostPort, timeout: number, signal?: AbortSignal): Promise<net.Socket> {
+  return new Promise((resolve, reject) => {
+    const socket = net.connect({ host: broker.host, port: broker.port, noDelay: true })
+    const timer = setTimeout(() => {
+      fail(new UpstreamTimeoutError(`did not accept within ${timeout} ms`))
+    }, timeout)
+
+    const onAbort = (): void => {
+      fail(new UpstreamRefusedError('client went away during the upgrade'))
+    }
+    signal?.addEventListener('abort', onAbort, { once: true })
+    if (signal?.aborted === true) onAbort()
+
+    function settle(): void {
+      clearTimeout(timer)
+      signal?.removeEventListener('abort', onAbort)
+      socket.removeListener('error', onError)
+      socket.removeListener('connect', onConnect)
+    }
+    function fail(err: Error): void {
+      settle()
+      socket.destroy()
+      reject(err)
+    }
+    function onError(err: NodeJS.ErrnoException): void {
+      fail(new UpstreamRefusedError(err.code ?? err.message, { cause: err }))
+    }
+    function onConnect(): void {
+      settle()
+      // Detect a broker host that vanished without a FIN on otherwise idle connections.
+      socket.setKeepAlive(true, 30_000)
+      resolve(socket)
+    }
+    socket.once('error', onError)
+    socket.once('connect', onConnect)
+  })
+}

@@ -1,0 +1,87 @@
+// Starts a gateway in-process on an ephemeral loopback port with its log lines captured, and
+// registers its shutdown with the test at once.
+import { Writable } from 'node:stream'
+import { loadConfig } from '../../src/config/load.js'
+import type { Config } from '../../src/config/schema.js'
+import { startGateway, type Gateway } from '../../src/gateway.js'
+import { createLogger } from '../../src/log.js'
+
+export interface LogLine {
+  level: number
+  msg: string
+  [field: string]: unknown
+}
+
+export interface TestGateway {
+  gateway: Gateway
+  config: Config
+  port: number
+  url: string
+  logs: LogLine[]
+  /** Resolves with the first log line matching, waiting up to `timeoutMs`. */
+  waitForLog: (match: (line: LogLine) => boolean, timeoutMs?: number) => Promise<LogLine>
+}
+
+interface Teardown {
+  teardown: (fn: () => unknown) => void
+}
+
+export async function startTestGateway(
+  t: Teardown,
+  brokerPort: number,
+  env: Record<string, string> = {},
+): Promise<TestGateway> {
+  const { config } = loadConfig({
+    profile: 'development',
+    env: {
+      DRAWBRIDGE_LISTEN_HOST: '127.0.0.1',
+      DRAWBRIDGE_LISTEN_PORT: '0',
+      DRAWBRIDGE_UPSTREAM_BROKERS: `127.0.0.1:${brokerPort}`,
+      DRAWBRIDGE_UPSTREAM_EMBEDDED: 'false',
+      DRAWBRIDGE_SHUTDOWN_GRACE: '2s',
+      DRAWBRIDGE_LOG_LEVEL: 'debug',
+      ...env,
+    },
+  })
+  const logs: LogLine[] = []
+  const waiters = new Set<() => void>()
+  const sink = new Writable({
+    write(chunk: Buffer, _encoding, done) {
+      for (const line of chunk.toString().split('\n')) {
+        if (line.trim() !== '') logs.push(JSON.parse(line) as LogLine)
+      }
+      for (const wake of waiters) wake()
+      done()
+    },
+  })
+  const gateway = await startGateway(config, { log: createLogger(config.log.level, sink) })
+  t.teardown(() => gateway.close())
+  const port = gateway.address.port
+  return {
+    gateway,
+    config,
+    port,
+    url: `ws://127.0.0.1:${port}${config.ws.path}`,
+    logs,
+    waitForLog: (match, timeoutMs = 5_000) =>
+      new Promise((resolve, reject) => {
+        const check = (): boolean => {
+          const found = logs.find(match)
+          if (found === undefined) return false
+          cleanup()
+          resolve(found)
+          return true
+        }
+        const timer = setTimeout(() => {
+          cleanup()
+          reject(new Error(`no matching log line within ${timeoutMs} ms`))
+        }, timeoutMs)
+        const cleanup = (): void => {
+          clearTimeout(timer)
+          waiters.delete(wake)
+        }
+        const wake = (): void => void check()
+        if (!check()) waiters.add(wake)
+      }),
+  }
+}
