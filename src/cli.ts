@@ -95,6 +95,9 @@ async function run(loaded: LoadedConfig): Promise<void> {
 
   let signals = 0
   const shutdown = (signal: NodeJS.Signals): void => {
+    // Readiness first, before anything else: load balancers stop sending new clients while the
+    // open ones are still being served.
+    gateway.drain()
     signals++
     if (signals > 1) {
       log.warn({ signal }, 'second signal: exiting without waiting for connections')
