@@ -151,6 +151,8 @@ export class Metrics {
 
   readonly #options: MetricsOptions
   readonly #sources: (() => Iterable<ConnectionCounters>)[] = []
+  /** Listener names, so connections_active shows 0 for an idle listener instead of nothing. */
+  readonly #listeners = new Set<string>()
   readonly #closed = zeroTotals()
   /** Per-client totals of closed connections (metrics.perClient). */
   readonly #closedByClient = new Map<string, Totals>()
@@ -189,6 +191,7 @@ export class Metrics {
       registers,
       collect() {
         this.reset()
+        for (const listener of self.#listeners) this.set({ listener }, 0)
         for (const c of self.#live()) this.inc({ listener: c.listener })
       },
     })
@@ -326,8 +329,10 @@ export class Metrics {
     return this.registry.metrics()
   }
 
-  /** Where the live connections are read from at scrape time (one source per listener set). */
-  addConnectionSource(source: () => Iterable<ConnectionCounters>): void {
+  /** Where a listener's live connections are read from at scrape time. */
+  addConnectionSource(listener: string, source: () => Iterable<ConnectionCounters>): void {
+    this.#listeners.add(listener)
+    this.#connectionsTotal.inc({ listener }, 0)
     this.#sources.push(source)
   }
 

@@ -184,8 +184,10 @@ export class Connection {
     this.#ws.send(chunk, this.#onClientFlushed)
   }
 
-  readonly #onClientFlushed = (err?: Error): void => {
-    if (err !== undefined || !this.pausedToClient) return
+  readonly #onClientFlushed = (err?: Error | null): void => {
+    // Node's write callbacks pass null on success (not undefined), so test for both: with
+    // `!== undefined` a paused broker side was never resumed.
+    if ((err !== undefined && err !== null) || !this.pausedToClient) return
     this.pausedToClient = false
     this.#upstream.resume()
   }

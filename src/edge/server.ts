@@ -61,7 +61,7 @@ export class EdgeServer {
     this.#log = options.log
     this.#metrics = options.metrics
     // Live byte/frame counts are read from the registry at scrape time, never per message.
-    options.metrics.addConnectionSource(() => this.connections.values())
+    options.metrics.addConnectionSource(LISTENER, () => this.connections.values())
     const ws = options.config.ws
     this.#policy = {
       path: ws.path,
