@@ -6,6 +6,7 @@ import { WebSocket, type RawData } from 'ws'
 import mqttPacket from 'mqtt-packet'
 import { bearerMatches } from '../src/admin/auth.js'
 import type { ConnectionView } from '../src/admin/connections.js'
+import { loadConfig } from '../src/config/load.js'
 import { startEmbeddedBroker } from '../src/dev/broker.js'
 import { startBroker } from './helpers/broker.js'
 import { startTestGateway } from './helpers/gateway.js'
@@ -258,3 +259,9 @@ t.test(
     await once(ws, 'close')
   },
 )
+
+t.test('admin.token is redacted from the resolved config', async (t) => {
+  const loaded = loadConfig({ profile: 'development', env: { DRAWBRIDGE_ADMIN_TOKEN: 'hush' } })
+  t.equal(loaded.config.admin.token, 'hush')
+  t.notMatch(JSON.stringify(loaded.redacted()), /hush/)
+})

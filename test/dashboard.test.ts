@@ -4,12 +4,16 @@ import { spawnSync } from 'node:child_process'
 import { readFileSync } from 'node:fs'
 import { fileURLToPath } from 'node:url'
 import t from 'tap'
+import { forEachSchemaKey } from '../src/config/load.js'
+import { schema } from '../src/config/schema.js'
+import { METRIC, METRIC_PREFIX } from '../src/metrics.js'
 import { startBroker } from './helpers/broker.js'
 import { startTestGateway } from './helpers/gateway.js'
 import { scrape } from './helpers/scrape.js'
 
 const DASHBOARD = fileURLToPath(new URL('../deploy/grafana/drawbridge.json', import.meta.url))
 const ALERTS = fileURLToPath(new URL('../deploy/prometheus/alerts.yml', import.meta.url))
+const README = fileURLToPath(new URL('../README.md', import.meta.url))
 const ALERT_TESTS = fileURLToPath(new URL('../deploy/prometheus/alerts.test.yml', import.meta.url))
 
 // `up` is written by Prometheus itself for every scrape target, never by the target.
@@ -183,4 +187,25 @@ t.test('promtool check rules and promtool test rules pass', async (t) => {
   t.match(check.stdout, /SUCCESS: \d+ rules found/)
   const unit = spawnSync('promtool', ['test', 'rules', ALERT_TESTS], { encoding: 'utf8' })
   t.equal(unit.status, 0, `promtool test rules\n${unit.stdout}${unit.stderr}`)
+})
+
+t.test("README's Observability section lists every metric and admin/metrics setting", async (t) => {
+  const readme = readFileSync(README, 'utf8')
+  // Table cells as prettier pads them: | `name` | or |  `name`   |
+  const cell = (text: string): RegExp =>
+    new RegExp(`\\|\\s*\`${text.replace(/[.]/g, '\\.')}\`\\s*\\|`)
+  for (const name of Object.values(METRIC)) {
+    t.match(readme, cell(`${METRIC_PREFIX}${name}`), `${METRIC_PREFIX}${name} documented`)
+  }
+  forEachSchemaKey(schema, (path, spec) => {
+    if (!path.startsWith('admin.') && !path.startsWith('metrics.')) return
+    const upperSnake = path
+      .replace(/([a-z])([A-Z])/g, '$1_$2')
+      .replace(/\./g, '_')
+      .toUpperCase()
+    t.equal(spec.env, `DRAWBRIDGE_${upperSnake}`, `${path}: env name follows the rule`)
+    t.ok('doc' in spec && 'format' in spec && 'default' in spec, `${path}: doc, format, default`)
+    t.match(readme, cell(path), `${path} documented`)
+    t.match(readme, cell(String(spec.env)), `${String(spec.env)} documented`)
+  })
 })
