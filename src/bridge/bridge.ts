@@ -184,10 +184,9 @@ export class Connection {
     this.#ws.send(chunk, this.#onClientFlushed)
   }
 
+  // net.Socket write callbacks pass null, not undefined, on success.
   readonly #onClientFlushed = (err?: Error | null): void => {
-    // Node's write callbacks pass null on success (not undefined), so test for both: with
-    // `!== undefined` a paused broker side was never resumed.
-    if ((err !== undefined && err !== null) || !this.pausedToClient) return
+    if (err instanceof Error || !this.pausedToClient) return
     this.pausedToClient = false
     this.#upstream.resume()
   }
