@@ -5,7 +5,6 @@ import { readFileSync } from 'node:fs'
 import { parseArgs } from 'node:util'
 import { loadConfig, type LoadedConfig } from './config/load.js'
 import { ConfigError, DrawbridgeError } from './errors.js'
-import { startGateway } from './gateway.js'
 import { createLogger } from './log.js'
 
 const USAGE = `Usage:
@@ -82,6 +81,9 @@ async function run(loaded: LoadedConfig): Promise<void> {
   for (const warning of loaded.warnings) log.warn(warning)
   log.info({ version: version(), node: process.version, profile: config.profile }, 'starting')
 
+  // Loaded here, not at the top: check-config, --help and --version need neither the gateway
+  // nor prom-client (which takes a noticeable part of start-up).
+  const { startGateway } = await import('./gateway.js')
   let gateway
   try {
     gateway = await startGateway(config, { log })
@@ -95,6 +97,9 @@ async function run(loaded: LoadedConfig): Promise<void> {
 
   let signals = 0
   const shutdown = (signal: NodeJS.Signals): void => {
+    // Readiness first, before anything else: load balancers stop sending new clients while the
+    // open ones are still being served.
+    gateway.drain()
     signals++
     if (signals > 1) {
       log.warn({ signal }, 'second signal: exiting without waiting for connections')

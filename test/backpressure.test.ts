@@ -23,6 +23,9 @@ function gatewayEnv(brokerPort: number): Record<string, string> {
     DRAWBRIDGE_UPSTREAM_BROKERS: `127.0.0.1:${brokerPort}`,
     DRAWBRIDGE_LIMITS_HIGH_WATER_MARK: '256KiB',
     DRAWBRIDGE_WS_PING_INTERVAL: '0',
+    // The fake brokers here treat every TCP connection as the client's; the readiness check's
+    // own connects would be counted as client traffic.
+    DRAWBRIDGE_ADMIN_ENABLED: 'false',
   }
 }
 

@@ -17,6 +17,8 @@ const UPSTREAM_END_TIMEOUT_MS = 2_000
 
 export interface ConnectionInfo {
   id: string
+  /** Name of the listener that accepted it (the `listener` label of the metrics). */
+  listener: string
   remoteAddress: string
   protocol: string | false
   broker: string
@@ -38,6 +40,7 @@ export interface CloseSummary {
 
 export class Connection {
   readonly id: string
+  readonly listener: string
   readonly remoteAddress: string
   readonly protocol: string | false
   readonly broker: string
@@ -52,6 +55,11 @@ export class Connection {
   pausedToBroker = false
   /** Broker -> client paused because the WebSocket is backed up. */
   pausedToClient = false
+  /** How many times each direction was paused (backpressure_pauses_total). */
+  pausesToBroker = 0
+  pausesToClient = 0
+  /** Ended by the ping sweep (ping_timeouts_total). */
+  pingTimedOut = false
   closed: CloseSummary | undefined
 
   readonly #ws: WebSocket
@@ -64,6 +72,7 @@ export class Connection {
 
   constructor(ws: WebSocket, upstream: Socket, info: ConnectionInfo, options: ConnectionOptions) {
     this.id = info.id
+    this.listener = info.listener
     this.remoteAddress = info.remoteAddress
     this.protocol = info.protocol
     this.broker = info.broker
@@ -85,6 +94,15 @@ export class Connection {
       { conn: this.id, remote: this.remoteAddress, protocol: this.protocol, broker: this.broker },
       'connection opened',
     )
+  }
+
+  /**
+   * Who the client is for per-client metrics: the remote IP without its port (a port is new on
+   * every connection). A TLS client certificate's CN takes precedence once TLS provides one.
+   */
+  get clientIdentity(): string {
+    const match = /^\[(.*)\]:\d+$|^(.*):\d+$/.exec(this.remoteAddress)
+    return match?.[1] ?? match?.[2] ?? this.remoteAddress
   }
 
   /** Resolves once both sides are closed and the close has been logged. */
@@ -122,6 +140,7 @@ export class Connection {
 
   terminateForPingTimeout(): void {
     this.#options.log.warn({ conn: this.id }, 'no pong within ws.pongTimeout; terminating')
+    this.pingTimedOut = true
     this.terminate('ping timeout')
   }
 
@@ -138,6 +157,7 @@ export class Connection {
     this.lastActivity = Date.now()
     if (!this.#upstream.write(data) && !this.pausedToBroker) {
       this.pausedToBroker = true
+      this.pausesToBroker++
       this.#ws.pause()
     }
   }
@@ -159,6 +179,7 @@ export class Connection {
     // This send crosses the mark: stop reading the broker until it has been flushed, which
     // (sends being in order) means everything before it has been flushed too.
     this.pausedToClient = true
+    this.pausesToClient++
     this.#upstream.pause()
     this.#ws.send(chunk, this.#onClientFlushed)
   }

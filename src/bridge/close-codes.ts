@@ -20,6 +20,8 @@ export type CloseCodeValue = (typeof CloseCode)[keyof typeof CloseCode]
 
 export const CloseReason = {
   brokerClosed: 'broker closed the connection',
+  /** DELETE /connections/{id} on the admin listener (sent with POLICY_VIOLATION). */
+  closedByOperator: 'closed by an operator',
   shuttingDown: 'server shutting down',
   textFrame: 'text frames are not allowed; MQTT needs binary frames',
   tooBig: 'message larger than the gateway allows',

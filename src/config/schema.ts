@@ -121,6 +121,53 @@ export const schema = {
       env: 'DRAWBRIDGE_SHUTDOWN_GRACE',
     },
   },
+  admin: {
+    enabled: {
+      doc: 'Run the admin HTTP listener (/metrics, /healthz, /readyz, /connections). It is never served on the public port.',
+      format: 'bool',
+      default: true,
+      env: 'DRAWBRIDGE_ADMIN_ENABLED',
+    },
+    host: {
+      doc: 'Address the admin listener binds to. Loopback by default: /connections shows client addresses and can close connections, so expose it only with admin.token set.',
+      format: 'non-empty-string',
+      default: '127.0.0.1',
+      env: 'DRAWBRIDGE_ADMIN_HOST',
+    },
+    port: {
+      doc: 'Port of the admin listener (0 picks a free port). 9464 is the port registered for Prometheus exporters of this kind.',
+      format: 'port',
+      default: 9464,
+      env: 'DRAWBRIDGE_ADMIN_PORT',
+    },
+    token: {
+      doc: 'When set, every admin path except /healthz and /readyz needs "Authorization: Bearer <token>"; empty means no token is asked for.',
+      format: String,
+      default: '',
+      sensitive: true,
+      env: 'DRAWBRIDGE_ADMIN_TOKEN',
+    },
+    readinessInterval: {
+      doc: 'How often /readyz checks that an upstream broker accepts a TCP connection; the gateway is ready only while the latest check (at most this old) succeeded.',
+      format: 'duration',
+      default: 5_000,
+      env: 'DRAWBRIDGE_ADMIN_READINESS_INTERVAL',
+    },
+  },
+  metrics: {
+    perClient: {
+      doc: 'Add series labelled by client identity (client certificate CN, else remote IP address). Off by default: the per-connection detail lives in /connections.',
+      format: 'bool',
+      default: false,
+      env: 'DRAWBRIDGE_METRICS_PER_CLIENT',
+    },
+    maxClientSeries: {
+      doc: 'With metrics.perClient, how many distinct client identities get their own series; later ones are counted under client="other", so a scrape stays bounded.',
+      format: 'nat',
+      default: 100,
+      env: 'DRAWBRIDGE_METRICS_MAX_CLIENT_SERIES',
+    },
+  },
   log: {
     level: {
       doc: 'Log level of the JSON log lines on stdout.',
@@ -148,5 +195,13 @@ export interface Config {
   upstream: { brokers: string[]; connectTimeout: number; embedded: boolean }
   limits: { maxConnections: number; highWaterMark: number }
   shutdown: { grace: number }
+  admin: {
+    enabled: boolean
+    host: string
+    port: number
+    token: string
+    readinessInterval: number
+  }
+  metrics: { perClient: boolean; maxClientSeries: number }
   log: { level: string }
 }

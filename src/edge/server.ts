@@ -16,6 +16,7 @@ import type { HostPort } from '../config/formats.js'
 import type { Config } from '../config/schema.js'
 import { ListenError, UpstreamTimeoutError } from '../errors.js'
 import type { Logger } from '../log.js'
+import type { Metrics } from '../metrics.js'
 import { connectUpstream, type Upstream } from '../upstream/connector.js'
 import {
   pickSubprotocol,
@@ -30,9 +31,12 @@ export interface EdgeOptions {
   config: Config
   brokers: readonly HostPort[]
   log: Logger
+  metrics: Metrics
 }
 
 const RETRY_AFTER_SECONDS = '5'
+// The `listener` label of this listener's connections (a wss listener would be "wss").
+const LISTENER = 'ws'
 
 export class EdgeServer {
   readonly connections = new ConnectionRegistry()
@@ -40,6 +44,7 @@ export class EdgeServer {
   readonly #config: Config
   readonly #brokers: readonly HostPort[]
   readonly #log: Logger
+  readonly #metrics: Metrics
   readonly #policy: HandshakePolicy
   readonly #server: http.Server
   readonly #wss: WebSocketServer
@@ -54,6 +59,9 @@ export class EdgeServer {
     this.#config = options.config
     this.#brokers = options.brokers
     this.#log = options.log
+    this.#metrics = options.metrics
+    // Live byte/frame counts are read from the registry at scrape time, never per message.
+    options.metrics.addConnectionSource(LISTENER, () => this.connections.values())
     const ws = options.config.ws
     this.#policy = {
       path: ws.path,
@@ -98,6 +106,11 @@ export class EdgeServer {
         resolve(this.address())
       })
     })
+  }
+
+  /** True from listen() until close() begins: part of readiness. */
+  get listening(): boolean {
+    return this.#server.listening && !this.#closing
   }
 
   address(): AddressInfo {
@@ -252,6 +265,10 @@ export class EdgeServer {
         brokers: this.#brokers,
         connectTimeout: this.#config.upstream.connectTimeout,
         signal: abort.signal,
+        onAttempt: (attempt) => {
+          if (attempt.ok) this.#metrics.upstreamConnected(attempt.seconds)
+          else this.#metrics.upstreamError(attempt.reason)
+        },
       })
     } catch (err) {
       if (abort.signal.aborted) {
@@ -284,6 +301,7 @@ export class EdgeServer {
       upstream.socket,
       {
         id: `${this.#idPrefix}-${(++this.#nextId).toString(36)}`,
+        listener: LISTENER,
         remoteAddress: remoteOf(req),
         protocol,
         broker: upstream.broker,
@@ -291,10 +309,15 @@ export class EdgeServer {
       {
         highWaterMark: this.#config.limits.highWaterMark,
         log: this.#log,
-        onClose: (closed) => this.connections.delete(closed),
+        onClose: (closed) => {
+          // Same tick: the counts move from the live set to the closed totals together.
+          this.#metrics.connectionClosed(closed)
+          this.connections.delete(closed)
+        },
       },
     )
     this.connections.add(connection)
+    this.#metrics.connectionOpened(LISTENER)
   }
 
   #refuse(socket: Duplex, req: http.IncomingMessage | undefined, refusal: Refusal): void {
@@ -302,7 +325,9 @@ export class EdgeServer {
     writeRefusal(socket, refusal)
   }
 
+  // Every refusal passes here, so this is where handshake_rejections_total is counted.
   #logRefusal(req: http.IncomingMessage | undefined, refusal: Refusal, socket?: Duplex): void {
+    this.#metrics.handshakeRejected(refusal.reason)
     this.#log.warn(
       {
         remote: req ? remoteOf(req) : remoteOfSocket(socket),

@@ -1,6 +1,7 @@
 // Opens the TCP connection to a broker for one client: brokers are tried in the configured
 // order, each for at most `connectTimeout`; the first that accepts wins.
 import net from 'node:net'
+import { performance } from 'node:perf_hooks'
 import type { HostPort } from '../config/formats.js'
 import { UpstreamRefusedError, UpstreamTimeoutError } from '../errors.js'
 
@@ -14,6 +15,33 @@ export interface ConnectOptions {
   connectTimeout: number
   /** Aborted when the client goes away mid-handshake: the attempt stops and its socket closes. */
   signal?: AbortSignal
+  /** Told about every attempt that ended (not those aborted by the client leaving). */
+  onAttempt?: (attempt: ConnectAttempt) => void
+}
+
+/** One broker connect attempt, for the upstream metrics. */
+export type ConnectAttempt =
+  | { broker: string; ok: true; seconds: number }
+  | { broker: string; ok: false; seconds: number; reason: ConnectFailureReason }
+
+/** Why a connect failed, from a closed set (it becomes a metric label). */
+export type ConnectFailureReason = 'refused' | 'timeout' | 'unreachable' | 'dns' | 'reset' | 'other'
+
+const FAILURE_BY_ERRNO: Record<string, ConnectFailureReason> = {
+  ECONNREFUSED: 'refused',
+  EHOSTUNREACH: 'unreachable',
+  ENETUNREACH: 'unreachable',
+  EHOSTDOWN: 'unreachable',
+  ENOTFOUND: 'dns',
+  EAI_AGAIN: 'dns',
+  ECONNRESET: 'reset',
+  ETIMEDOUT: 'timeout',
+}
+
+export function failureReason(err: unknown): ConnectFailureReason {
+  if (err instanceof UpstreamTimeoutError) return 'timeout'
+  const code = (err as { cause?: { code?: unknown } } | undefined)?.cause?.code
+  return typeof code === 'string' ? (FAILURE_BY_ERRNO[code] ?? 'other') : 'other'
 }
 
 export function formatHostPort({ host, port }: HostPort): string {
@@ -30,11 +58,20 @@ export async function connectUpstream(options: ConnectOptions): Promise<Upstream
   let timedOut = false
   for (const broker of options.brokers) {
     const address = formatHostPort(broker)
+    const started = performance.now()
+    const seconds = (): number => (performance.now() - started) / 1000
     try {
       const socket = await connectOne(broker, options.connectTimeout, options.signal)
+      options.onAttempt?.({ broker: address, ok: true, seconds: seconds() })
       return { socket, broker: address }
     } catch (err) {
       if (options.signal?.aborted) throw err
+      options.onAttempt?.({
+        broker: address,
+        ok: false,
+        seconds: seconds(),
+        reason: failureReason(err),
+      })
       if (err instanceof UpstreamTimeoutError) timedOut = true
       failures.push(`${address} ${err instanceof Error ? err.message : String(err)}`)
     }

@@ -17,6 +17,9 @@ export interface TestGateway {
   config: Config
   port: number
   url: string
+  /** The admin listener (127.0.0.1, ephemeral port), e.g. http://127.0.0.1:1234 */
+  adminPort: number
+  adminUrl: string
   logs: LogLine[]
   /** Resolves with the first log line matching, waiting up to `timeoutMs`. */
   waitForLog: (match: (line: LogLine) => boolean, timeoutMs?: number) => Promise<LogLine>
@@ -40,6 +43,8 @@ export async function startTestGateway(
       DRAWBRIDGE_UPSTREAM_EMBEDDED: 'false',
       DRAWBRIDGE_SHUTDOWN_GRACE: '2s',
       DRAWBRIDGE_LOG_LEVEL: 'debug',
+      DRAWBRIDGE_ADMIN_HOST: '127.0.0.1',
+      DRAWBRIDGE_ADMIN_PORT: '0',
       ...env,
     },
   })
@@ -57,11 +62,14 @@ export async function startTestGateway(
   const gateway = await startGateway(config, { log: createLogger(config.log.level, sink) })
   t.teardown(() => gateway.close())
   const port = gateway.address.port
+  const adminPort = gateway.adminAddress?.port ?? 0
   return {
     gateway,
     config,
     port,
     url: `ws://127.0.0.1:${port}${config.ws.path}`,
+    adminPort,
+    adminUrl: `http://127.0.0.1:${adminPort}`,
     logs,
     waitForLog: (match, timeoutMs = 5_000) =>
       new Promise((resolve, reject) => {

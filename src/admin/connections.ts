@@ -1,0 +1,48 @@
+// The JSON shape of one connection in GET /connections: what an operator needs when a user says
+// "I can't connect" (FIELD-NOTES idea 10). Read from the Connection's plain fields; nothing
+// here runs on the message path.
+import type { Connection } from '../bridge/bridge.js'
+
+export interface ConnectionView {
+  id: string
+  listener: string
+  /** The TCP peer, host:port. */
+  remoteAddress: string
+  /** The client address a trusted proxy reported (X-Forwarded-For), when there is one. */
+  forwardedFor: string | null
+  /** The negotiated WebSocket subprotocol, or null when none was echoed. */
+  subprotocol: string | null
+  /** TLS version and client certificate subject on a wss listener; null on plain ws. */
+  tls: { version: string | null; clientCertSubject: string | null } | null
+  broker: string
+  openedAt: string
+  durationSeconds: number
+  lastActivity: string
+  idleSeconds: number
+  bytes: { clientToBroker: number; brokerToClient: number }
+  frames: { clientToBroker: number; brokerToClient: number }
+  /** Whether each direction is paused by backpressure right now. */
+  paused: { clientToBroker: boolean; brokerToClient: boolean }
+  /** How many times each direction has been paused. */
+  pauses: { clientToBroker: number; brokerToClient: number }
+}
+
+export function describeConnection(c: Connection, now = Date.now()): ConnectionView {
+  return {
+    id: c.id,
+    listener: c.listener,
+    remoteAddress: c.remoteAddress,
+    forwardedFor: null,
+    subprotocol: c.protocol === false ? null : c.protocol,
+    tls: null,
+    broker: c.broker,
+    openedAt: new Date(c.openedAt).toISOString(),
+    durationSeconds: (now - c.openedAt) / 1000,
+    lastActivity: new Date(c.lastActivity).toISOString(),
+    idleSeconds: (now - c.lastActivity) / 1000,
+    bytes: { clientToBroker: c.bytesToBroker, brokerToClient: c.bytesToClient },
+    frames: { clientToBroker: c.framesToBroker, brokerToClient: c.framesToClient },
+    paused: { clientToBroker: c.pausedToBroker, brokerToClient: c.pausedToClient },
+    pauses: { clientToBroker: c.pausesToBroker, brokerToClient: c.pausesToClient },
+  }
+}

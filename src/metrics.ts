@@ -1,0 +1,461 @@
+// Every Prometheus metric Drawbridge exposes, in one place, on a registry of its own (never
+// prom-client's global one, so two gateways in one process, as in the tests, never mix).
+//
+// The per-message path stays as fast as without metrics: a Connection only bumps plain number
+// fields. Those are folded into the registry at scrape time by `collect` callbacks: the totals
+// of closed connections (added once, when a connection finishes) plus the live connections'
+// current counts. A connection's counts move from "live" to "closed" in the same tick it leaves
+// the live set, so the counters never go backwards.
+//
+// Naming follows https://prometheus.io/docs/practices/naming/: `drawbridge_` prefix, base units
+// (seconds, bytes), `_total` on counters. The default process metrics (process_*, nodejs_*) keep
+// their standard names so stock dashboards work with them.
+import {
+  collectDefaultMetrics,
+  Counter,
+  Gauge,
+  Histogram,
+  Registry,
+  type PrometheusContentType,
+} from 'prom-client'
+import type { Initiator } from './bridge/close-codes.js'
+import type { RefusalReason } from './edge/handshake.js'
+import type { ConnectFailureReason } from './upstream/connector.js'
+
+export const METRIC_PREFIX = 'drawbridge_'
+
+/** Metric names without the prefix; the README, dashboard and alert rules use them prefixed. */
+export const METRIC = {
+  connectionsActive: 'connections_active',
+  connectionsTotal: 'connections_total',
+  connectionDuration: 'connection_duration_seconds',
+  bytes: 'bytes_total',
+  frames: 'frames_total',
+  upstreamConnectDuration: 'upstream_connect_duration_seconds',
+  upstreamErrors: 'upstream_errors_total',
+  upstreamUp: 'upstream_up',
+  ready: 'ready',
+  handshakeRejections: 'handshake_rejections_total',
+  closes: 'closes_total',
+  pingTimeouts: 'ping_timeouts_total',
+  backpressurePauses: 'backpressure_pauses_total',
+  tlsHandshakeFailures: 'tls_handshake_failures_total',
+  tlsCertificateExpiry: 'tls_certificate_expiry_timestamp_seconds',
+  tlsReloads: 'tls_reloads_total',
+  buildInfo: 'build_info',
+  clientConnectionsActive: 'client_connections_active',
+  clientBytes: 'client_bytes_total',
+} as const
+
+export type Direction = 'client_to_broker' | 'broker_to_client'
+
+/** Why a broker connect attempt failed; a closed set so the label stays bounded. */
+export type UpstreamErrorReason = ConnectFailureReason
+
+const UPSTREAM_ERROR_REASONS = [
+  'refused',
+  'timeout',
+  'unreachable',
+  'dns',
+  'reset',
+  'other',
+] as const satisfies readonly UpstreamErrorReason[]
+
+// Every refusal the handshake knows, so each reason has a series from the first scrape (a rate()
+// over a series that appears only with its first increment misses that increment). A Record
+// keyed by the union fails the build when handshake.ts gains a reason that is missing here.
+const REFUSAL_REASONS = Object.keys({
+  path: true,
+  method: true,
+  malformed: true,
+  not_websocket: true,
+  subprotocol: true,
+  capacity: true,
+  shutting_down: true,
+  upstream_refused: true,
+  upstream_timeout: true,
+  handshake_timeout: true,
+} satisfies Record<RefusalReason, true>) as RefusalReason[]
+
+/** The plain-number counters a live connection keeps; read at scrape time only. */
+export interface ConnectionCounters {
+  readonly listener: string
+  /** Client certificate CN when there is one, else the remote IP address (no port). */
+  readonly clientIdentity: string
+  readonly openedAt: number
+  readonly bytesToBroker: number
+  readonly bytesToClient: number
+  readonly framesToBroker: number
+  readonly framesToClient: number
+  readonly pausesToBroker: number
+  readonly pausesToClient: number
+}
+
+/** A finished connection: its final counters and how it ended. */
+export interface FinishedConnection extends ConnectionCounters {
+  readonly pingTimedOut: boolean
+  readonly closed: { readonly code: number; readonly initiator: Initiator } | undefined
+}
+
+export interface MetricsOptions {
+  version: string
+  /** metrics.perClient */
+  perClient: boolean
+  /** metrics.maxClientSeries */
+  maxClientSeries: number
+  /** Node and process metrics (CPU, memory, event loop, GC); on unless a test turns them off. */
+  processMetrics?: boolean
+}
+
+/** The label under which clients past metrics.maxClientSeries are counted. */
+export const OTHER_CLIENTS = 'other'
+
+// Connection lifetimes: a page reload is seconds, a dashboard tab hours, a device days.
+const CONNECTION_DURATION_BUCKETS = [1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 12 * 3600, 86_400]
+// A TCP connect on a LAN is about a millisecond; the top buckets catch SYN retransmits (1 s, 3 s).
+const CONNECT_DURATION_BUCKETS = [
+  0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5,
+]
+
+interface Totals {
+  bytesToBroker: number
+  bytesToClient: number
+  framesToBroker: number
+  framesToClient: number
+  pausesToBroker: number
+  pausesToClient: number
+}
+
+function zeroTotals(): Totals {
+  return {
+    bytesToBroker: 0,
+    bytesToClient: 0,
+    framesToBroker: 0,
+    framesToClient: 0,
+    pausesToBroker: 0,
+    pausesToClient: 0,
+  }
+}
+
+function addTotals(into: Totals, from: Totals): void {
+  into.bytesToBroker += from.bytesToBroker
+  into.bytesToClient += from.bytesToClient
+  into.framesToBroker += from.framesToBroker
+  into.framesToClient += from.framesToClient
+  into.pausesToBroker += from.pausesToBroker
+  into.pausesToClient += from.pausesToClient
+}
+
+export class Metrics {
+  readonly registry = new Registry()
+
+  readonly #options: MetricsOptions
+  readonly #sources: (() => Iterable<ConnectionCounters>)[] = []
+  /** Listener names, so connections_active shows 0 for an idle listener instead of nothing. */
+  readonly #listeners = new Set<string>()
+  readonly #closed = zeroTotals()
+  /** Per-client totals of closed connections (metrics.perClient). */
+  readonly #closedByClient = new Map<string, Totals>()
+  /** Client identity -> its label: itself, or OTHER_CLIENTS once the cap is reached. */
+  readonly #clientLabels = new Map<string, string>()
+  #ownClientLabels = 0
+  #readiness: () => { ready: boolean; upstreamUp: boolean } = () => ({
+    ready: false,
+    upstreamUp: false,
+  })
+
+  readonly #connectionsTotal: Counter<'listener'>
+  readonly #connectionDuration: Histogram
+  readonly #upstreamConnectDuration: Histogram
+  readonly #upstreamErrors: Counter<'reason'>
+  readonly #handshakeRejections: Counter<'reason'>
+  readonly #closes: Counter<'code' | 'initiator'>
+  readonly #pingTimeouts: Counter
+  readonly #tlsHandshakeFailures: Counter<'reason'>
+  readonly #tlsCertificateExpiry: Gauge<'listener'>
+  readonly #tlsReloads: Counter<'result'>
+
+  constructor(options: MetricsOptions) {
+    this.#options = options
+    const registers = [this.registry]
+    const name = (short: string): string => `${METRIC_PREFIX}${short}`
+    // The collect callbacks below are plain functions so prom-client can bind `this` to the
+    // metric; `self` is this Metrics object.
+    // eslint-disable-next-line @typescript-eslint/no-this-alias
+    const self = this
+
+    new Gauge({
+      name: name(METRIC.connectionsActive),
+      help: 'Open WebSocket connections bridged to a broker, by listener.',
+      labelNames: ['listener'],
+      registers,
+      collect() {
+        this.reset()
+        for (const listener of self.#listeners) this.set({ listener }, 0)
+        for (const c of self.#live()) this.inc({ listener: c.listener })
+      },
+    })
+    this.#connectionsTotal = new Counter({
+      name: name(METRIC.connectionsTotal),
+      help: 'WebSocket connections accepted (101 sent) since start, by listener.',
+      labelNames: ['listener'],
+      registers,
+    })
+    this.#connectionDuration = new Histogram({
+      name: name(METRIC.connectionDuration),
+      help: 'How long finished connections were open, in seconds.',
+      buckets: CONNECTION_DURATION_BUCKETS,
+      registers,
+    })
+    new Counter({
+      name: name(METRIC.bytes),
+      help: 'Bytes bridged, by direction (client_to_broker: WebSocket payload forwarded to the broker; broker_to_client: broker bytes sent as WebSocket payload).',
+      labelNames: ['direction'],
+      registers,
+      collect() {
+        const t = self.#totals()
+        this.reset()
+        this.inc({ direction: 'client_to_broker' }, t.bytesToBroker)
+        this.inc({ direction: 'broker_to_client' }, t.bytesToClient)
+      },
+    })
+    new Counter({
+      name: name(METRIC.frames),
+      help: 'WebSocket data frames bridged, by direction (broker_to_client counts one frame per chunk read from the broker).',
+      labelNames: ['direction'],
+      registers,
+      collect() {
+        const t = self.#totals()
+        this.reset()
+        this.inc({ direction: 'client_to_broker' }, t.framesToBroker)
+        this.inc({ direction: 'broker_to_client' }, t.framesToClient)
+      },
+    })
+    new Counter({
+      name: name(METRIC.backpressurePauses),
+      help: 'Times one side was paused because the other could not keep up, by direction (client_to_broker: broker socket full; broker_to_client: WebSocket over limits.highWaterMark).',
+      labelNames: ['direction'],
+      registers,
+      collect() {
+        const t = self.#totals()
+        this.reset()
+        this.inc({ direction: 'client_to_broker' }, t.pausesToBroker)
+        this.inc({ direction: 'broker_to_client' }, t.pausesToClient)
+      },
+    })
+    this.#upstreamConnectDuration = new Histogram({
+      name: name(METRIC.upstreamConnectDuration),
+      help: 'Time for a broker to accept the TCP connection opened for a client, in seconds (successful attempts).',
+      buckets: CONNECT_DURATION_BUCKETS,
+      registers,
+    })
+    this.#upstreamErrors = new Counter({
+      name: name(METRIC.upstreamErrors),
+      help: 'Broker TCP connect attempts that failed, by reason (refused, timeout, unreachable, dns, reset, other).',
+      labelNames: ['reason'],
+      registers,
+    })
+    for (const reason of UPSTREAM_ERROR_REASONS) this.#upstreamErrors.inc({ reason }, 0)
+    new Gauge({
+      name: name(METRIC.upstreamUp),
+      help: '1 when the latest readiness check reached an upstream broker over TCP, else 0.',
+      registers,
+      collect() {
+        this.set(self.#readiness().upstreamUp ? 1 : 0)
+      },
+    })
+    new Gauge({
+      name: name(METRIC.ready),
+      help: '1 when /readyz answers 200 (listening, broker reachable, not shutting down), else 0.',
+      registers,
+      collect() {
+        this.set(self.#readiness().ready ? 1 : 0)
+      },
+    })
+    this.#handshakeRejections = new Counter({
+      name: name(METRIC.handshakeRejections),
+      help: 'WebSocket upgrades refused before 101, by reason (one per refusal the handshake knows).',
+      labelNames: ['reason'],
+      registers,
+    })
+    for (const reason of REFUSAL_REASONS) this.#handshakeRejections.inc({ reason }, 0)
+    this.#closes = new Counter({
+      name: name(METRIC.closes),
+      help: 'Finished connections by WebSocket close code (1006: cut without a close frame) and initiator (client, broker, gateway).',
+      labelNames: ['code', 'initiator'],
+      registers,
+    })
+    this.#pingTimeouts = new Counter({
+      name: name(METRIC.pingTimeouts),
+      help: 'Connections terminated because the client did not answer a ping within ws.pongTimeout.',
+      registers,
+    })
+    this.#tlsHandshakeFailures = new Counter({
+      name: name(METRIC.tlsHandshakeFailures),
+      help: 'TLS handshakes that failed on a wss listener, by reason.',
+      labelNames: ['reason'],
+      registers,
+    })
+    this.#tlsCertificateExpiry = new Gauge({
+      name: name(METRIC.tlsCertificateExpiry),
+      help: 'When the certificate served by a listener expires, as a Unix timestamp in seconds.',
+      labelNames: ['listener'],
+      registers,
+    })
+    this.#tlsReloads = new Counter({
+      name: name(METRIC.tlsReloads),
+      help: 'Certificate reloads, by result (success, failure; a failure keeps the last good certificate).',
+      labelNames: ['result'],
+      registers,
+    })
+    for (const result of ['success', 'failure']) this.#tlsReloads.inc({ result }, 0)
+    new Gauge({
+      name: name(METRIC.buildInfo),
+      help: 'Always 1; the labels say which Drawbridge and Node.js versions are running.',
+      labelNames: ['version', 'node'],
+      registers,
+    }).set({ version: options.version, node: process.version }, 1)
+
+    if (options.perClient) this.#registerPerClient(name, registers)
+    if (options.processMetrics !== false) collectDefaultMetrics({ register: this.registry })
+  }
+
+  get contentType(): PrometheusContentType {
+    return this.registry.contentType
+  }
+
+  /** The Prometheus text exposition of every metric. */
+  render(): Promise<string> {
+    return this.registry.metrics()
+  }
+
+  /** Where a listener's live connections are read from at scrape time. */
+  addConnectionSource(listener: string, source: () => Iterable<ConnectionCounters>): void {
+    this.#listeners.add(listener)
+    this.#connectionsTotal.inc({ listener }, 0)
+    this.#sources.push(source)
+  }
+
+  /** Where drawbridge_ready and drawbridge_upstream_up are read from at scrape time. */
+  setReadinessSource(source: () => { ready: boolean; upstreamUp: boolean }): void {
+    this.#readiness = source
+  }
+
+  connectionOpened(listener: string): void {
+    this.#connectionsTotal.inc({ listener })
+  }
+
+  /** Call in the same tick the connection leaves its live source, so no count is lost or doubled. */
+  connectionClosed(connection: FinishedConnection): void {
+    addTotals(this.#closed, connection)
+    if (this.#options.perClient) {
+      const label = this.#clientLabel(connection.clientIdentity)
+      let totals = this.#closedByClient.get(label)
+      if (totals === undefined) {
+        totals = zeroTotals()
+        this.#closedByClient.set(label, totals)
+      }
+      addTotals(totals, connection)
+    }
+    this.#connectionDuration.observe((Date.now() - connection.openedAt) / 1000)
+    if (connection.closed !== undefined) {
+      this.#closes.inc({
+        code: String(connection.closed.code),
+        initiator: connection.closed.initiator,
+      })
+    }
+    if (connection.pingTimedOut) this.#pingTimeouts.inc()
+  }
+
+  handshakeRejected(reason: RefusalReason): void {
+    this.#handshakeRejections.inc({ reason })
+  }
+
+  upstreamConnected(seconds: number): void {
+    this.#upstreamConnectDuration.observe(seconds)
+  }
+
+  upstreamError(reason: UpstreamErrorReason): void {
+    this.#upstreamErrors.inc({ reason })
+  }
+
+  // TLS (issue 4) reports through these three; the names and labels are fixed here.
+  tlsHandshakeFailure(reason: string): void {
+    this.#tlsHandshakeFailures.inc({ reason })
+  }
+
+  tlsReload(result: 'success' | 'failure'): void {
+    this.#tlsReloads.inc({ result })
+  }
+
+  setCertificateExpiry(listener: string, notAfter: Date): void {
+    this.#tlsCertificateExpiry.set({ listener }, Math.floor(notAfter.getTime() / 1000))
+  }
+
+  *#live(): Generator<ConnectionCounters> {
+    for (const source of this.#sources) yield* source()
+  }
+
+  #totals(): Totals {
+    const totals = { ...this.#closed }
+    for (const c of this.#live()) addTotals(totals, c)
+    return totals
+  }
+
+  /**
+   * The first maxClientSeries distinct identities keep their own label for the life of the
+   * process (a counter's series must not vanish); every later one is counted as "other".
+   */
+  #clientLabel(identity: string): string {
+    let label = this.#clientLabels.get(identity)
+    if (label === undefined) {
+      label = this.#ownClientLabels < this.#options.maxClientSeries ? identity : OTHER_CLIENTS
+      if (label !== OTHER_CLIENTS) this.#ownClientLabels++
+      this.#clientLabels.set(identity, label)
+    }
+    return label
+  }
+
+  #registerPerClient(name: (short: string) => string, registers: Registry[]): void {
+    // eslint-disable-next-line @typescript-eslint/no-this-alias
+    const self = this
+    new Gauge({
+      name: name(METRIC.clientConnectionsActive),
+      help: `Open connections by client identity (certificate CN, else IP address); at most metrics.maxClientSeries identities, the rest as client="${OTHER_CLIENTS}".`,
+      labelNames: ['client'],
+      registers,
+      collect() {
+        this.reset()
+        for (const c of self.#live()) this.inc({ client: self.#clientLabel(c.clientIdentity) })
+      },
+    })
+    new Counter({
+      name: name(METRIC.clientBytes),
+      help: `Bytes bridged by client identity and direction; at most metrics.maxClientSeries identities, the rest as client="${OTHER_CLIENTS}".`,
+      labelNames: ['client', 'direction'],
+      registers,
+      collect() {
+        const byClient = new Map<string, Totals>()
+        for (const [label, totals] of self.#closedByClient) byClient.set(label, { ...totals })
+        for (const c of self.#live()) {
+          const label = self.#clientLabel(c.clientIdentity)
+          let totals = byClient.get(label)
+          if (totals === undefined) {
+            totals = zeroTotals()
+            byClient.set(label, totals)
+          }
+          addTotals(totals, c)
+        }
+        this.reset()
+        for (const [client, t] of byClient) {
+          this.inc({ client, direction: 'client_to_broker' }, t.bytesToBroker)
+          this.inc({ client, direction: 'broker_to_client' }, t.bytesToClient)
+        }
+      },
+    })
+  }
+}
+
+export function createMetrics(options: MetricsOptions): Metrics {
+  return new Metrics(options)
+}
