@@ -15,11 +15,35 @@ import { CloseCode, CloseReason, type Initiator } from './close-codes.js'
 // How long a broker socket may stay half-open after the client left before it is destroyed.
 const UPSTREAM_END_TIMEOUT_MS = 2_000
 
+/** A verified client certificate, as it travels with its connection (log lines, /connections). */
+export interface ClientCertInfo {
+  /** Subject common name ('' when the subject has none). */
+  subject: string
+  /** subjectAltName entries as OpenSSL prints them: "DNS:device-7", "IP Address:10.0.0.7". */
+  sans: string[]
+  /** Hex, upper case, as Node prints it. */
+  serial: string
+  fingerprint256: string
+  issuer: string
+  validTo: string
+}
+
+/** TLS details of a connection that arrived over wss:// (or mqtts). */
+export interface ConnectionTls {
+  /** Negotiated version, e.g. TLSv1.3. */
+  protocol: string
+  cipher: string
+  /** Present only when the client sent a certificate that tls.ca verified. */
+  clientCert?: ClientCertInfo
+}
+
 export interface ConnectionInfo {
   id: string
   remoteAddress: string
   protocol: string | false
   broker: string
+  /** Absent on plain ws:// connections. */
+  tls?: ConnectionTls
 }
 
 export interface ConnectionOptions {
@@ -41,6 +65,7 @@ export class Connection {
   readonly remoteAddress: string
   readonly protocol: string | false
   readonly broker: string
+  readonly tls: ConnectionTls | undefined
   readonly openedAt = Date.now()
 
   bytesToBroker = 0
@@ -67,6 +92,7 @@ export class Connection {
     this.remoteAddress = info.remoteAddress
     this.protocol = info.protocol
     this.broker = info.broker
+    this.tls = info.tls
     this.#ws = ws
     this.#upstream = upstream
     this.#options = options
@@ -82,7 +108,13 @@ export class Connection {
     upstream.on('drain', this.#onBrokerDrain)
 
     options.log.info(
-      { conn: this.id, remote: this.remoteAddress, protocol: this.protocol, broker: this.broker },
+      {
+        conn: this.id,
+        remote: this.remoteAddress,
+        protocol: this.protocol,
+        broker: this.broker,
+        ...(this.tls && { tls: this.tls }),
+      },
       'connection opened',
     )
   }

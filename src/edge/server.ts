@@ -1,15 +1,17 @@
-// The public listener: an HTTP server whose only job is to decide WebSocket upgrades and hand
-// each accepted one, with its already-open broker socket, to a bridge Connection.
+// The public listener: an HTTP server (HTTPS when tls.enabled) whose only job is to decide
+// WebSocket upgrades and hand each accepted one, with its already-open broker socket, to a
+// bridge Connection.
 //
 // Order of an upgrade: handshake checks (pure, handshake.ts) -> capacity -> broker TCP connect
 // -> 101. The broker is connected before 101 is sent so a client never sees a WebSocket that
 // opens and dies: a refused broker is 502, a silent one 504.
 import { randomBytes } from 'node:crypto'
 import http from 'node:http'
+import https from 'node:https'
 import type { AddressInfo, Socket } from 'node:net'
 import type { Duplex } from 'node:stream'
 import { WebSocketServer, type WebSocket } from 'ws'
-import { Connection } from '../bridge/bridge.js'
+import { Connection, type ConnectionInfo } from '../bridge/bridge.js'
 import { CloseCode, CloseReason } from '../bridge/close-codes.js'
 import { ConnectionRegistry } from '../bridge/registry.js'
 import type { HostPort } from '../config/formats.js'
@@ -25,11 +27,14 @@ import {
   type Refusal,
 } from './handshake.js'
 import { writeRefusal } from './refuse.js'
+import type { TlsManager } from './tls.js'
 
 export interface EdgeOptions {
   config: Config
   brokers: readonly HostPort[]
   log: Logger
+  /** When set, the listener speaks TLS (wss://) with this manager's material and client policy. */
+  tls?: TlsManager | undefined
 }
 
 const RETRY_AFTER_SECONDS = '5'
@@ -41,7 +46,8 @@ export class EdgeServer {
   readonly #brokers: readonly HostPort[]
   readonly #log: Logger
   readonly #policy: HandshakePolicy
-  readonly #server: http.Server
+  readonly #server: http.Server | https.Server
+  readonly #tls: TlsManager | undefined
   readonly #wss: WebSocketServer
   readonly #handshakeTimers = new WeakMap<Socket, NodeJS.Timeout>()
   readonly #idPrefix = randomBytes(3).toString('hex')
@@ -69,11 +75,17 @@ export class EdgeServer {
       skipUTF8Validation: true,
       handleProtocols: (offered) => pickSubprotocol(offered, this.#policy.subprotocols),
     })
-    this.#server = http.createServer()
+    this.#tls = options.tls
+    this.#server = options.tls
+      ? https.createServer(options.tls.serverOptions())
+      : http.createServer()
+    if (options.tls) options.tls.attach(this.#server as https.Server, 'wss')
     // Slow headers on a kept-alive connection; the first request is bounded by our own timer.
     this.#server.headersTimeout = ws.handshakeTimeout
     this.#server.requestTimeout = ws.handshakeTimeout
-    this.#server.on('connection', this.#onConnection)
+    // Over TLS the HTTP layer sees the TLSSocket of 'secureConnection', not the raw TCP socket
+    // of 'connection' (the TLS handshake itself is bounded by the TLS handshakeTimeout).
+    this.#server.on(options.tls ? 'secureConnection' : 'connection', this.#onConnection)
     this.#server.on('request', this.#onRequest)
     this.#server.on('upgrade', this.#onUpgrade)
     this.#server.on('clientError', this.#onClientError)
@@ -98,6 +110,11 @@ export class EdgeServer {
         resolve(this.address())
       })
     })
+  }
+
+  /** 'wss' when the listener speaks TLS. */
+  get scheme(): 'ws' | 'wss' {
+    return this.#tls ? 'wss' : 'ws'
   }
 
   address(): AddressInfo {
@@ -157,6 +174,7 @@ export class EdgeServer {
   // Plain HTTP (no Upgrade header). Only the WebSocket path means anything here.
   readonly #onRequest = (req: http.IncomingMessage, res: http.ServerResponse): void => {
     this.#clearHandshakeTimer(req.socket)
+    if (this.#refuseUntrustedClient(req.socket)) return
     const onPath = requestPath(req.url) === this.#policy.path
     let refusal: Refusal
     if (!onPath) {
@@ -199,6 +217,7 @@ export class EdgeServer {
   }
 
   async #upgrade(req: http.IncomingMessage, socket: Duplex, head: Buffer): Promise<void> {
+    if (this.#refuseUntrustedClient(socket)) return
     if (this.#closing) {
       this.#refuse(socket, req, {
         status: 503,
@@ -287,6 +306,7 @@ export class EdgeServer {
         remoteAddress: remoteOf(req),
         protocol,
         broker: upstream.broker,
+        ...this.#tlsDetails(req.socket),
       },
       {
         highWaterMark: this.#config.limits.highWaterMark,
@@ -295,6 +315,28 @@ export class EdgeServer {
       },
     )
     this.connections.add(connection)
+  }
+
+  #tlsDetails(socket: Duplex): Pick<ConnectionInfo, 'tls'> {
+    const verdict = this.#tls?.verdict(socket)
+    return verdict ? { tls: verdict.tls } : {}
+  }
+
+  /**
+   * A client whose certificate was refused at the end of its TLS handshake (logged and counted
+   * there, with the reason) gets 403 and a closed socket, never a WebSocket: every request on
+   * its socket stops here. The body names the reason so a non-browser client can log it.
+   */
+  #refuseUntrustedClient(socket: Duplex): boolean {
+    if (this.#tls === undefined) return false
+    const verdict = this.#tls.verdict(socket)
+    if (verdict === undefined || verdict.ok) return false
+    writeRefusal(socket, {
+      status: 403,
+      reason: 'client_cert',
+      message: `client certificate refused: ${verdict.reason} (${verdict.detail})`,
+    })
+    return true
   }
 
   #refuse(socket: Duplex, req: http.IncomingMessage | undefined, refusal: Refusal): void {
