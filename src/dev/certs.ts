@@ -96,7 +96,7 @@ function keyPair(existing?: string): { pem: string; publicKey: forge.pki.rsa.Pub
       publicKeyEncoding: { type: 'spki', format: 'pem' },
     }).privateKey
   const spki = createPublicKey(pem).export({ type: 'spki', format: 'pem' }).toString()
-  return { pem, publicKey: pki.publicKeyFromPem(spki) as forge.pki.rsa.PublicKey }
+  return { pem, publicKey: pki.publicKeyFromPem(spki) }
 }
 
 function altNameEntries(names: readonly string[]): { type: number; value?: string; ip?: string }[] {
