@@ -195,8 +195,9 @@ export class Connection {
     this.#ws.send(chunk, this.#onClientFlushed)
   }
 
-  readonly #onClientFlushed = (err?: Error): void => {
-    if (err !== undefined || !this.pausedToClient) return
+  // net.Socket write callbacks pass null, not undefined, on success.
+  readonly #onClientFlushed = (err?: Error | null): void => {
+    if (err instanceof Error || !this.pausedToClient) return
     this.pausedToClient = false
     this.#upstream.resume()
   }

@@ -52,7 +52,9 @@ export interface HostPort {
 export function parseHostPort(value: string): HostPort {
   const match = /^(?:\[([0-9a-fA-F:.]+)\]|([^:[\]\s]+)):(\d{1,5})$/.exec(value.trim())
   const port = Number(match?.[3])
-  if (!match || port < 1 || port > 65535) {
+  // Port 0 is allowed so the embedded broker can take any free port (load.ts refuses it for a
+  // real upstream).
+  if (!match || port > 65535) {
     throw new Error(`"${value}" is not host:port (IPv6 as [::1]:1883)`)
   }
   return { host: match[1] ?? match[2] ?? '', port }

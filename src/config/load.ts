@@ -5,6 +5,7 @@ import { existsSync } from 'node:fs'
 import { fileURLToPath } from 'node:url'
 import convict from 'convict'
 import { ConfigError } from '../errors.js'
+import { parseHostPort } from './formats.js'
 import { schema, type Config } from './schema.js'
 
 /** config/ at the package root, from src/config or dist/config alike. */
@@ -35,8 +36,11 @@ export function loadConfig(options: LoadOptions = {}): LoadedConfig {
 
   let conf: convict.Config<Config>
   try {
-    conf = convict<Config>(schema as convict.Schema<Config>, { env, args: [] })
-    conf.set('profile', profile as Config['profile'])
+    // The resolved profile goes in as its env var: convict re-applies env over set().
+    conf = convict<Config>(schema as convict.Schema<Config>, {
+      env: { ...env, DRAWBRIDGE_PROFILE: profile },
+      args: [],
+    })
     const profileFile = `${PROFILE_DIR}${profile}.json`
     if (existsSync(profileFile)) conf.loadFile(profileFile)
     if (options.configFile !== undefined) {
@@ -65,6 +69,10 @@ function checkCrossKeyRules(config: Config): void {
       'upstream.brokers',
       'at least one broker is required (e.g. DRAWBRIDGE_UPSTREAM_BROKERS=broker:1883)',
     )
+  }
+  const zeroPort = config.upstream.brokers.findIndex((b) => parseHostPort(b).port === 0)
+  if (zeroPort > 0 || (zeroPort === 0 && !config.upstream.embedded)) {
+    throw new ConfigError('upstream.brokers', 'port 0 is only allowed for the embedded broker')
   }
   if (config.profile === 'production' && config.upstream.embedded) {
     throw new ConfigError('upstream.embedded', 'must be false in the production profile')

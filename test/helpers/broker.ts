@@ -15,7 +15,7 @@ export interface TestBroker {
   close: () => Promise<void>
 }
 
-interface Teardown {
+export interface Teardown {
   teardown: (fn: () => unknown) => void
 }
 
