@@ -26,7 +26,10 @@ export function spawnGateway(
   const clean = Object.fromEntries(
     Object.entries(process.env).filter(([k]) => !k.startsWith('DRAWBRIDGE_') && k !== 'NODE_ENV'),
   )
-  const child = spawn(process.execPath, [CLI, ...args], { env: { ...clean, ...env } })
+  // Both profiles serve wss (tls.enabled); these tests speak plain ws unless they opt in.
+  const child = spawn(process.execPath, [CLI, ...args], {
+    env: { ...clean, DRAWBRIDGE_TLS_ENABLED: 'false', ...env },
+  })
   t.teardown(() => child.kill('SIGKILL'))
   const logs: LogLine[] = []
   let stderr = ''
