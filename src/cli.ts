@@ -13,7 +13,17 @@ const USAGE = `Usage:
   drawbridge check-config [--config FILE] [--profile NAME]
       Validate the configuration, print it resolved (secrets redacted), exit 0; or exit 2 naming
       the bad key.
+  drawbridge certs init [--dir certs] [--host NAME]...
+      Development certificates: a CA (kept if DIR has one), a server certificate for localhost,
+      127.0.0.1, ::1 and each --host, and a client certificate (PEM + client.p12).
+  drawbridge certs client NAME [--dir certs] [--password P12PASS]
+      Another client certificate signed by the development CA: NAME.crt, NAME.key, NAME.p12.
+  drawbridge certs show FILE
+      Subject, SANs, issuer, serial, validity and SHA-256 fingerprint of each certificate in FILE.
   drawbridge --help | --version
+
+Signals: SIGTERM/SIGINT stop gracefully; SIGHUP reloads the TLS material and re-reads --config
+(changed tls.* paths take effect; other changes need a restart).
 
 Configuration: defaults < config/<profile>.json < --config FILE < DRAWBRIDGE_* env vars.
 The profile is development unless --profile, DRAWBRIDGE_PROFILE or NODE_ENV=production says
@@ -32,13 +42,27 @@ function fail(code: number, message: string): never {
   process.exit(code)
 }
 
-function parseCommandLine(): { command: string; configFile?: string; profile?: string } {
+interface CommandLine {
+  command: string
+  configFile?: string
+  profile?: string
+  /** certs: subcommand and its argument (NAME or FILE). */
+  args: string[]
+  dir: string
+  hosts: string[]
+  password: string
+}
+
+function parseCommandLine(): CommandLine {
   try {
     const { values, positionals } = parseArgs({
       allowPositionals: true,
       options: {
         config: { type: 'string', short: 'c' },
         profile: { type: 'string' },
+        dir: { type: 'string' },
+        host: { type: 'string', multiple: true },
+        password: { type: 'string' },
         help: { type: 'boolean', short: 'h' },
         version: { type: 'boolean', short: 'v' },
       },
@@ -51,18 +75,57 @@ function parseCommandLine(): { command: string; configFile?: string; profile?: s
       process.stdout.write(`${version()}\n`)
       process.exit(0)
     }
-    if (positionals.length > 1) throw new Error(`unexpected argument: ${positionals[1] ?? ''}`)
     const command = positionals[0] ?? 'run'
-    if (command !== 'run' && command !== 'check-config') {
+    const args = positionals.slice(1)
+    if (command === 'certs') checkCertsArgs(args)
+    else if (command !== 'run' && command !== 'check-config') {
       throw new Error(`unknown command: ${command}`)
-    }
+    } else if (args.length > 0) throw new Error(`unexpected argument: ${args[0] ?? ''}`)
     return {
       command,
+      args,
+      dir: values.dir ?? 'certs',
+      hosts: values.host ?? [],
+      password: values.password ?? '',
       ...(values.config !== undefined && { configFile: values.config }),
       ...(values.profile !== undefined && { profile: values.profile }),
     }
   } catch (err) {
     return fail(2, `${(err as Error).message}\n\n${USAGE}`)
+  }
+}
+
+function checkCertsArgs(args: string[]): void {
+  const [sub, ...rest] = args
+  const arity: Record<string, number> = { init: 0, client: 1, show: 1 }
+  const wanted = sub === undefined ? undefined : arity[sub]
+  if (wanted === undefined) throw new Error(`certs needs init, client NAME or show FILE`)
+  if (rest.length !== wanted) {
+    throw new Error(`certs ${sub ?? ''} takes ${wanted === 0 ? 'no argument' : 'one argument'}`)
+  }
+}
+
+async function certs(cl: CommandLine): Promise<void> {
+  const { addClientCert, initDevCerts, showCertFile } = await import('./dev/certs.js')
+  const [sub, arg = ''] = cl.args
+  try {
+    if (sub === 'show') {
+      process.stdout.write(`${showCertFile(arg)}\n`)
+      return
+    }
+    const written =
+      sub === 'init'
+        ? initDevCerts(cl.dir, cl.hosts).written
+        : addClientCert(cl.dir, arg, cl.password).written
+    process.stdout.write(`${written.map((file) => `wrote ${file}`).join('\n')}\n`)
+    if (sub === 'init') {
+      process.stdout.write(
+        `Trust ${cl.dir}/ca.crt as a CA in your browser or OS keychain; import client.p12 (empty password) for client certificates.\n`,
+      )
+    }
+  } catch (err) {
+    if (err instanceof DrawbridgeError) fail(1, err.message)
+    throw err
   }
 }
 
@@ -75,7 +138,7 @@ function load(configFile?: string, profile?: string): LoadedConfig {
   }
 }
 
-async function run(loaded: LoadedConfig): Promise<void> {
+async function run(loaded: LoadedConfig, configFile?: string, profile?: string): Promise<void> {
   const { config } = loaded
   const log = createLogger(config.log.level)
   for (const warning of loaded.warnings) log.warn(warning)
@@ -110,13 +173,31 @@ async function run(loaded: LoadedConfig): Promise<void> {
   }
   process.on('SIGTERM', shutdown)
   process.on('SIGINT', shutdown)
+  // SIGHUP: read the configuration again (env and files as at start) and reload TLS material.
+  // A configuration that no longer validates is reported and the running one kept.
+  process.on('SIGHUP', () => {
+    log.info({ configFile }, 'SIGHUP: reloading')
+    let next
+    try {
+      next = loadConfig({ env: process.env, configFile, profile }).config
+    } catch (err) {
+      log.error({ err: (err as Error).message }, 'SIGHUP: configuration invalid; nothing reloaded')
+      return
+    }
+    gateway.reload(next)
+  })
 }
 
-const { command, configFile, profile } = parseCommandLine()
+const commandLine = parseCommandLine()
+const { command, configFile, profile } = commandLine
+if (command === 'certs') {
+  await certs(commandLine)
+  process.exit(0)
+}
 const loaded = load(configFile, profile)
 if (command === 'check-config') {
   process.stdout.write(`${JSON.stringify(loaded.redacted(), null, 2)}\n`)
   for (const warning of loaded.warnings) process.stderr.write(`drawbridge: warning: ${warning}\n`)
 } else {
-  await run(loaded)
+  await run(loaded, configFile, profile)
 }

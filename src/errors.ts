@@ -51,10 +51,26 @@ export class ListenError extends DrawbridgeError {
   }
 }
 
+/**
+ * TLS material (certificate, key, CA bundle, CRL) is missing, unreadable or invalid: a key that
+ * does not match its certificate, an expired certificate, a CRL that does not parse. Fatal at
+ * start-up (exit 1); on a reload the old material stays in use.
+ */
+export class TlsMaterialError extends DrawbridgeError {
+  /** A short label for logs and counters: unreadable, parse, key_mismatch, expired, ... */
+  readonly reason: string
+
+  constructor(message: string, options?: ErrorOptions & { reason?: string }) {
+    super('DRAWBRIDGE_ERR_TLS_MATERIAL', message, options)
+    this.reason = options?.reason ?? 'invalid'
+  }
+}
+
 export const ERROR_CODES = [
   'DRAWBRIDGE_ERR_CONFIG',
   'DRAWBRIDGE_ERR_UPSTREAM_REFUSED',
   'DRAWBRIDGE_ERR_UPSTREAM_TIMEOUT',
   'DRAWBRIDGE_ERR_EMBEDDED_BROKER',
   'DRAWBRIDGE_ERR_LISTEN',
+  'DRAWBRIDGE_ERR_TLS_MATERIAL',
 ] as const

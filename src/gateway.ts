@@ -1,13 +1,17 @@
-// Wires one gateway together from a validated Config: the embedded broker (development only),
-// then the edge server in front of the upstream brokers, then the admin listener (metrics,
-// health, readiness, connections). Logging and metrics are passed in, never global.
+// Wires one gateway together from a validated Config: the TLS material (development
+// certificates generated on first start when configured), the embedded broker (development
+// only), the edge server (and the optional mqtts listener) in front of the upstream brokers,
+// then the admin listener (metrics, health, readiness, connections). Logging and metrics are
+// passed in, never global.
 import type { AddressInfo } from 'node:net'
 import { Readiness } from './admin/readiness.js'
 import { AdminServer } from './admin/server.js'
 import { parseHostPort, type HostPort } from './config/formats.js'
 import type { Config } from './config/schema.js'
 import type { EmbeddedBroker } from './dev/broker.js'
+import type { MqttsListener } from './edge/mqtts.js'
 import { EdgeServer } from './edge/server.js'
+import { TlsManager, type ReloadResult, type TlsEvent, type TlsEventHook } from './edge/tls.js'
 import type { Logger } from './log.js'
 import { createMetrics, type Metrics } from './metrics.js'
 import { packageVersion } from './version.js'
@@ -16,6 +20,8 @@ export interface GatewayDeps {
   log: Logger
   /** Defaults to a fresh registry configured from config.metrics. */
   metrics?: Metrics
+  /** Also told about every TLS handshake failure, client refusal and reload (tests listen). */
+  onTlsEvent?: TlsEventHook | undefined
 }
 
 export interface Gateway {
@@ -28,11 +34,19 @@ export interface Gateway {
   readiness: Readiness
   /** Address of the admin listener; undefined when admin.enabled is false. */
   adminAddress: AddressInfo | undefined
+  /** Address of the mqtts listener when tcp.enabled. */
+  mqttsAddress: AddressInfo | undefined
   /**
    * Marks the gateway as shutting down: /readyz answers 503 from now on, so load balancers stop
    * sending new clients. close() does this too; cli.ts calls it first thing on SIGTERM.
    */
   drain: () => void
+  /**
+   * Reloads the TLS material (SIGHUP). With `next` (the configuration file read again), changed
+   * tls.cert/key/passphrase/ca/crl/minVersion/ciphers take effect; other changes need a restart
+   * and are logged as such. Undefined when TLS is off.
+   */
+  reload: (next?: Config) => ReloadResult | undefined
   /** Graceful stop: 1001 to every client, up to shutdown.grace, then the embedded broker. */
   close: () => Promise<void>
 }
@@ -46,6 +60,34 @@ export async function startGateway(config: Config, deps: GatewayDeps): Promise<G
       perClient: config.metrics.perClient,
       maxClientSeries: config.metrics.maxClientSeries,
     })
+
+  // TLS first: bad material should fail start-up before any port is taken.
+  let tls: TlsManager | undefined
+  const tlsListeners = config.tcp.enabled ? (['wss', 'mqtts'] as const) : (['wss'] as const)
+  if (config.tls.enabled) {
+    if (config.tls.generateDevCerts) {
+      const { ensureDevCerts } = await import('./dev/certs.js')
+      ensureDevCerts(config.tls.cert, config.tls.key, log)
+    }
+    const manager: TlsManager = new TlsManager({
+      settings: config.tls,
+      handshakeTimeout: config.ws.handshakeTimeout,
+      log,
+      onTlsEvent: (event) => {
+        countTlsEvent(metrics, event, () => {
+          for (const listener of tlsListeners) {
+            metrics.setCertificateExpiry(listener, new Date(manager.served.validTo))
+          }
+        })
+        deps.onTlsEvent?.(event)
+      },
+    })
+    tls = manager
+    for (const listener of tlsListeners) {
+      metrics.setCertificateExpiry(listener, new Date(manager.served.validTo))
+    }
+  }
+
   let brokers = config.upstream.brokers.map(parseHostPort)
   let embedded: EmbeddedBroker | undefined
   if (config.upstream.embedded) {
@@ -59,7 +101,7 @@ export async function startGateway(config: Config, deps: GatewayDeps): Promise<G
     )
   }
 
-  const edge = new EdgeServer({ config, brokers, log, metrics })
+  const edge = new EdgeServer({ config, brokers, log, metrics, tls })
   const readiness = new Readiness({
     brokers,
     connectTimeout: config.upstream.connectTimeout,
@@ -68,10 +110,27 @@ export async function startGateway(config: Config, deps: GatewayDeps): Promise<G
     log,
   })
   metrics.setReadinessSource(() => readiness.status())
+  let mqtts: MqttsListener | undefined
   let address: AddressInfo
+  let mqttsAddress: AddressInfo | undefined
   try {
     address = await edge.listen()
+    if (config.tcp.enabled && tls) {
+      const { MqttsListener } = await import('./edge/mqtts.js')
+      mqtts = new MqttsListener({
+        host: config.listen.host,
+        port: config.tcp.port,
+        brokers,
+        connectTimeout: config.upstream.connectTimeout,
+        maxConnections: config.limits.maxConnections,
+        tls,
+        log,
+      })
+      mqttsAddress = await mqtts.listen()
+    }
   } catch (err) {
+    tls?.close()
+    await edge.close(0)
     await embedded?.close()
     throw err
   }
@@ -91,7 +150,8 @@ export async function startGateway(config: Config, deps: GatewayDeps): Promise<G
     try {
       adminAddress = await admin.listen()
     } catch (err) {
-      await edge.close(0)
+      tls?.close()
+      await Promise.all([edge.close(0), mqtts?.close(0)])
       await embedded?.close()
       throw err
     }
@@ -100,7 +160,10 @@ export async function startGateway(config: Config, deps: GatewayDeps): Promise<G
   log.info(
     {
       listen: `${address.address}:${address.port}`,
+      scheme: edge.scheme,
       path: config.ws.path,
+      ...(mqttsAddress && { mqtts: `${mqttsAddress.address}:${mqttsAddress.port}` }),
+      ...(adminAddress && { admin: `${adminAddress.address}:${adminAddress.port}` }),
       brokers: brokers.map((b) => `${b.host}:${b.port}`),
     },
     'gateway listening',
@@ -114,11 +177,21 @@ export async function startGateway(config: Config, deps: GatewayDeps): Promise<G
     metrics,
     readiness,
     adminAddress,
+    mqttsAddress,
     drain: () => readiness.drain(),
+    reload(next) {
+      if (tls === undefined) {
+        log.info('reload requested; TLS is off, nothing to reload')
+        return undefined
+      }
+      if (next !== undefined) logRestartOnlyChanges(config, next, log)
+      return tls.reload(next === undefined ? 'reload' : 'reload with configuration', next?.tls)
+    },
     close() {
       readiness.drain()
       closing ??= (async () => {
-        await edge.close(config.shutdown.grace)
+        tls?.close()
+        await Promise.all([edge.close(config.shutdown.grace), mqtts?.close(config.shutdown.grace)])
         // The admin listener outlives the edge so /readyz says 503 throughout the drain.
         readiness.stop()
         await admin?.close()
@@ -127,5 +200,46 @@ export async function startGateway(config: Config, deps: GatewayDeps): Promise<G
       })()
       return closing
     },
+  }
+}
+
+/** Counts a TLS event; a successful reload also refreshes the expiry gauge. */
+function countTlsEvent(metrics: Metrics, event: TlsEvent, refreshExpiry: () => void): void {
+  switch (event.type) {
+    case 'handshake_failed':
+    case 'client_refused':
+      metrics.tlsHandshakeFailure(event.reason)
+      return
+    case 'reload':
+      if (event.result === 'ok') {
+        metrics.tlsReload('success')
+        refreshExpiry()
+      } else if (event.result === 'failed') {
+        metrics.tlsReload('failure')
+      }
+      return
+  }
+}
+
+/** Logs the settings changed in `next` that only a restart applies (everything but tls.*). */
+function logRestartOnlyChanges(current: Config, next: Config, log: Logger): void {
+  const changed: string[] = []
+  const walk = (a: unknown, b: unknown, path: string): void => {
+    if (path === 'tls') return
+    if (a !== null && typeof a === 'object' && !Array.isArray(a)) {
+      for (const key of Object.keys(a)) {
+        walk(
+          (a as Record<string, unknown>)[key],
+          (b as Record<string, unknown>)[key],
+          path === '' ? key : `${path}.${key}`,
+        )
+      }
+      return
+    }
+    if (JSON.stringify(a) !== JSON.stringify(b)) changed.push(path)
+  }
+  walk(current, next, '')
+  if (changed.length > 0) {
+    log.warn({ keys: changed }, 'these settings changed but take effect only after a restart')
   }
 }

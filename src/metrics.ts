@@ -75,6 +75,7 @@ const REFUSAL_REASONS = Object.keys({
   upstream_refused: true,
   upstream_timeout: true,
   handshake_timeout: true,
+  client_cert: true,
 } satisfies Record<RefusalReason, true>) as RefusalReason[]
 
 /** The plain-number counters a live connection keeps; read at scrape time only. */

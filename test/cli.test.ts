@@ -18,7 +18,8 @@ function run(
     Object.entries(process.env).filter(([k]) => !k.startsWith('DRAWBRIDGE_') && k !== 'NODE_ENV'),
   )
   const result = spawnSync(process.execPath, [CLI, ...args], {
-    env: { ...clean, ...env },
+    // Both profiles serve wss (tls.enabled); these tests speak plain ws unless they opt in.
+    env: { ...clean, DRAWBRIDGE_TLS_ENABLED: 'false', ...env },
     encoding: 'utf8',
     timeout: 20_000,
   })
@@ -161,8 +162,8 @@ t.test('Kubernetes service env vars do not break start-up; typos are warned abou
   t.equal(result.status, 0, result.stderr)
   t.equal(
     (JSON.parse(result.stdout) as { listen: { port: number } }).listen.port,
-    8080,
-    'the injected names do not touch listen.port',
+    8443,
+    'the injected names do not touch listen.port (the development profile says 8443)',
   )
   t.equal(result.stderr.trim().split('\n').length, 1, 'exactly one warning')
   t.match(result.stderr, /DRAWBRIDGE_LISTEN_PROT is set but is not a Drawbridge setting/)

@@ -89,7 +89,12 @@ t.test('precedence: env beats file beats profile beats default', async (t) => {
 
 t.test('profile selection', async (t) => {
   const production = loadConfig({
-    env: { NODE_ENV: 'production', DRAWBRIDGE_UPSTREAM_BROKERS: 'b:1883' },
+    env: {
+      NODE_ENV: 'production',
+      DRAWBRIDGE_UPSTREAM_BROKERS: 'b:1883',
+      DRAWBRIDGE_TLS_CERT: '/tls/tls.crt',
+      DRAWBRIDGE_TLS_KEY: '/tls/tls.key',
+    },
   }).config
   t.equal(production.profile, 'production', 'NODE_ENV=production selects production')
   t.equal(production.listen.host, '0.0.0.0')
@@ -99,7 +104,11 @@ t.test('profile selection', async (t) => {
   }).config
   t.equal(explicit.profile, 'development', 'DRAWBRIDGE_PROFILE beats NODE_ENV')
   const option = loadConfig({
-    env: { DRAWBRIDGE_PROFILE: 'development', DRAWBRIDGE_UPSTREAM_BROKERS: 'b:1' },
+    env: {
+      DRAWBRIDGE_PROFILE: 'development',
+      DRAWBRIDGE_UPSTREAM_BROKERS: 'b:1',
+      DRAWBRIDGE_TLS_ENABLED: 'false',
+    },
     profile: 'production',
   }).config
   t.equal(option.profile, 'production', '--profile beats DRAWBRIDGE_PROFILE')

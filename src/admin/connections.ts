@@ -12,8 +12,19 @@ export interface ConnectionView {
   forwardedFor: string | null
   /** The negotiated WebSocket subprotocol, or null when none was echoed. */
   subprotocol: string | null
-  /** TLS version and client certificate subject on a wss listener; null on plain ws. */
-  tls: { version: string | null; clientCertSubject: string | null } | null
+  /** TLS details on a wss listener; null on plain ws. The certificate only when one verified. */
+  tls: {
+    version: string
+    cipher: string
+    clientCert: {
+      subject: string
+      sans: string[]
+      serial: string
+      fingerprint256: string
+      issuer: string
+      validTo: string
+    } | null
+  } | null
   broker: string
   openedAt: string
   durationSeconds: number
@@ -34,7 +45,9 @@ export function describeConnection(c: Connection, now = Date.now()): ConnectionV
     remoteAddress: c.remoteAddress,
     forwardedFor: null,
     subprotocol: c.protocol === false ? null : c.protocol,
-    tls: null,
+    tls: c.tls
+      ? { version: c.tls.protocol, cipher: c.tls.cipher, clientCert: c.tls.clientCert ?? null }
+      : null,
     broker: c.broker,
     openedAt: new Date(c.openedAt).toISOString(),
     durationSeconds: (now - c.openedAt) / 1000,

@@ -15,6 +15,28 @@ import { CloseCode, CloseReason, type Initiator } from './close-codes.js'
 // How long a broker socket may stay half-open after the client left before it is destroyed.
 const UPSTREAM_END_TIMEOUT_MS = 2_000
 
+/** A verified client certificate, as it travels with its connection (log lines, /connections). */
+export interface ClientCertInfo {
+  /** Subject common name ('' when the subject has none). */
+  subject: string
+  /** subjectAltName entries as OpenSSL prints them: "DNS:device-7", "IP Address:10.0.0.7". */
+  sans: string[]
+  /** Hex, upper case, as Node prints it. */
+  serial: string
+  fingerprint256: string
+  issuer: string
+  validTo: string
+}
+
+/** TLS details of a connection that arrived over wss:// (or mqtts). */
+export interface ConnectionTls {
+  /** Negotiated version, e.g. TLSv1.3. */
+  protocol: string
+  cipher: string
+  /** Present only when the client sent a certificate that tls.ca verified. */
+  clientCert?: ClientCertInfo
+}
+
 export interface ConnectionInfo {
   id: string
   /** Name of the listener that accepted it (the `listener` label of the metrics). */
@@ -22,6 +44,8 @@ export interface ConnectionInfo {
   remoteAddress: string
   protocol: string | false
   broker: string
+  /** Absent on plain ws:// connections. */
+  tls?: ConnectionTls
 }
 
 export interface ConnectionOptions {
@@ -44,6 +68,7 @@ export class Connection {
   readonly remoteAddress: string
   readonly protocol: string | false
   readonly broker: string
+  readonly tls: ConnectionTls | undefined
   readonly openedAt = Date.now()
 
   bytesToBroker = 0
@@ -76,6 +101,7 @@ export class Connection {
     this.remoteAddress = info.remoteAddress
     this.protocol = info.protocol
     this.broker = info.broker
+    this.tls = info.tls
     this.#ws = ws
     this.#upstream = upstream
     this.#options = options
@@ -91,16 +117,24 @@ export class Connection {
     upstream.on('drain', this.#onBrokerDrain)
 
     options.log.info(
-      { conn: this.id, remote: this.remoteAddress, protocol: this.protocol, broker: this.broker },
+      {
+        conn: this.id,
+        remote: this.remoteAddress,
+        protocol: this.protocol,
+        broker: this.broker,
+        ...(this.tls && { tls: this.tls }),
+      },
       'connection opened',
     )
   }
 
   /**
    * Who the client is for per-client metrics: the remote IP without its port (a port is new on
-   * every connection). A TLS client certificate's CN takes precedence once TLS provides one.
+   * every connection). A verified TLS client certificate's CN takes precedence.
    */
   get clientIdentity(): string {
+    const cn = this.tls?.clientCert?.subject
+    if (cn !== undefined && cn !== '') return cn
     const match = /^\[(.*)\]:\d+$|^(.*):\d+$/.exec(this.remoteAddress)
     return match?.[1] ?? match?.[2] ?? this.remoteAddress
   }

@@ -137,6 +137,21 @@ export function registerFormats(): void {
         if (typeof value !== 'string' || value.trim() === '') throw new Error('must not be empty')
       },
     },
+    // A filesystem path, or "" for "not set". Existence is checked where the file is read (TLS
+    // material is validated, and may be generated, at start-up and on every reload).
+    'file-path': {
+      validate(value: unknown) {
+        if (typeof value !== 'string' || /[\0\n]/.test(value)) {
+          throw new Error('must be a file path (or empty for none)')
+        }
+      },
+    },
+    // Free text that may be empty (empty = the library default).
+    'optional-string': {
+      validate(value: unknown) {
+        if (typeof value !== 'string') throw new Error('must be a string')
+      },
+    },
     'url-path': {
       validate(value: unknown) {
         if (typeof value !== 'string' || !/^\/[^\s?#]*$/.test(value)) {

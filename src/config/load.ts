@@ -83,6 +83,28 @@ function checkCrossKeyRules(config: Config): void {
   if (config.ws.pingInterval > 0 && config.ws.pongTimeout === 0) {
     throw new ConfigError('ws.pongTimeout', 'must be above 0 while ws.pingInterval is on')
   }
+  checkTlsRules(config)
+}
+
+function checkTlsRules({ tls, tcp, profile }: Config): void {
+  if (tcp.enabled && !tls.enabled) {
+    throw new ConfigError('tcp.enabled', 'needs tls.enabled (the mqtts listener is TLS only)')
+  }
+  if (profile === 'production' && tls.generateDevCerts) {
+    throw new ConfigError('tls.generateDevCerts', 'must be false in the production profile')
+  }
+  if (!tls.enabled) return
+  for (const key of ['cert', 'key'] as const) {
+    if (tls[key] === '') {
+      throw new ConfigError(
+        `tls.${key}`,
+        `is required while tls.enabled is true (DRAWBRIDGE_TLS_${key.toUpperCase()}=/path/to/file.pem)`,
+      )
+    }
+  }
+  if (tls.clientAuth !== 'none' && tls.ca === '') {
+    throw new ConfigError('tls.ca', `is required while tls.clientAuth is ${tls.clientAuth}`)
+  }
 }
 
 // Names Kubernetes injects for a Service called "drawbridge"; they are not typos.

@@ -99,6 +99,101 @@ export const schema = {
       env: 'DRAWBRIDGE_UPSTREAM_EMBEDDED',
     },
   },
+  tls: {
+    enabled: {
+      doc: 'Serve wss:// (TLS) instead of ws:// on the public listener. Needs tls.cert and tls.key.',
+      format: 'bool',
+      default: false,
+      env: 'DRAWBRIDGE_TLS_ENABLED',
+    },
+    cert: {
+      doc: 'PEM file with the server certificate, followed by its intermediates. Watched: a replaced file is validated and served to new handshakes without a restart.',
+      format: 'file-path',
+      default: '',
+      env: 'DRAWBRIDGE_TLS_CERT',
+    },
+    key: {
+      doc: 'PEM file with the private key of tls.cert (watched like tls.cert).',
+      format: 'file-path',
+      default: '',
+      env: 'DRAWBRIDGE_TLS_KEY',
+    },
+    passphrase: {
+      doc: 'Passphrase of an encrypted tls.key (empty: the key is not encrypted).',
+      format: 'optional-string',
+      default: '',
+      sensitive: true,
+      env: 'DRAWBRIDGE_TLS_PASSPHRASE',
+    },
+    ca: {
+      doc: 'PEM bundle of the CAs that client certificates must chain to. Needed when tls.clientAuth is optional or required.',
+      format: 'file-path',
+      default: '',
+      env: 'DRAWBRIDGE_TLS_CA',
+    },
+    crl: {
+      doc: 'PEM file with certificate revocation lists for tls.ca; a revoked client certificate is refused (empty: no revocation check).',
+      format: 'file-path',
+      default: '',
+      env: 'DRAWBRIDGE_TLS_CRL',
+    },
+    clientAuth: {
+      doc: 'Client certificates: none (not asked for), optional (no certificate is fine, an untrusted one is refused), required (a certificate trusted by tls.ca and not revoked is needed).',
+      format: ['none', 'optional', 'required'],
+      default: 'none',
+      env: 'DRAWBRIDGE_TLS_CLIENT_AUTH',
+    },
+    minVersion: {
+      doc: 'Oldest TLS version accepted.',
+      format: ['TLSv1.2', 'TLSv1.3'],
+      default: 'TLSv1.2',
+      env: 'DRAWBRIDGE_TLS_MIN_VERSION',
+    },
+    ciphers: {
+      doc: "OpenSSL cipher list for TLS 1.2 (empty: Node's default list).",
+      format: 'optional-string',
+      default: '',
+      env: 'DRAWBRIDGE_TLS_CIPHERS',
+    },
+    expiryWarningDays: {
+      doc: 'Log a warning at start-up and on every reload when the served certificate expires within this many days.',
+      format: 'nat',
+      default: 14,
+      env: 'DRAWBRIDGE_TLS_EXPIRY_WARNING_DAYS',
+    },
+    watch: {
+      doc: 'Watch the directories of tls.cert, tls.key, tls.ca and tls.crl and reload on change (Kubernetes Secret updates, certbot, editors). SIGHUP reloads either way.',
+      format: 'bool',
+      default: true,
+      env: 'DRAWBRIDGE_TLS_WATCH',
+    },
+    reloadDebounce: {
+      doc: 'Quiet time after the last change to a watched file before the TLS material is reloaded, so a certificate and key written one after the other are read together.',
+      format: 'duration',
+      default: 1_000,
+      env: 'DRAWBRIDGE_TLS_RELOAD_DEBOUNCE',
+    },
+    generateDevCerts: {
+      doc: 'When tls.cert and tls.key do not exist, generate a development CA, server and client certificate in their directory (development profile only; refused in production).',
+      format: 'bool',
+      default: false,
+      env: 'DRAWBRIDGE_TLS_GENERATE_DEV_CERTS',
+    },
+  },
+  tcp: {
+    enabled: {
+      doc: 'Also serve MQTT over TLS on a plain TCP port (mqtts), with the same certificates and tls.clientAuth rules, piped to the same upstream brokers. Needs tls.enabled.',
+      format: 'bool',
+      default: false,
+      env: 'DRAWBRIDGE_TCP_ENABLED',
+    },
+    port: {
+      doc: 'Port of the mqtts listener (on listen.host; 0 picks a free port).',
+      format: 'port',
+      default: 8883,
+      env: 'DRAWBRIDGE_TCP_PORT',
+    },
+  },
   limits: {
     maxConnections: {
       doc: 'Open WebSocket connections (plus upgrades in progress) above which new upgrades are refused with 503 and Retry-After.',
@@ -193,6 +288,8 @@ export interface Config {
     handshakeTimeout: number
   }
   upstream: { brokers: string[]; connectTimeout: number; embedded: boolean }
+  tls: TlsConfig
+  tcp: { enabled: boolean; port: number }
   limits: { maxConnections: number; highWaterMark: number }
   shutdown: { grace: number }
   admin: {
@@ -204,4 +301,22 @@ export interface Config {
   }
   metrics: { perClient: boolean; maxClientSeries: number }
   log: { level: string }
+}
+
+export type ClientAuth = 'none' | 'optional' | 'required'
+
+export interface TlsConfig {
+  enabled: boolean
+  cert: string
+  key: string
+  passphrase: string
+  ca: string
+  crl: string
+  clientAuth: ClientAuth
+  minVersion: 'TLSv1.2' | 'TLSv1.3'
+  ciphers: string
+  expiryWarningDays: number
+  watch: boolean
+  reloadDebounce: number
+  generateDevCerts: boolean
 }

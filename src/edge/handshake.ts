@@ -23,6 +23,8 @@ export type RefusalReason =
   | 'upstream_refused'
   | 'upstream_timeout'
   | 'handshake_timeout'
+  /** The TLS client certificate was refused (the TLS layer logs the precise reason). */
+  | 'client_cert'
 
 export interface Refusal {
   status: number

@@ -1,15 +1,17 @@
-// The public listener: an HTTP server whose only job is to decide WebSocket upgrades and hand
-// each accepted one, with its already-open broker socket, to a bridge Connection.
+// The public listener: an HTTP server (HTTPS when tls.enabled) whose only job is to decide
+// WebSocket upgrades and hand each accepted one, with its already-open broker socket, to a
+// bridge Connection.
 //
 // Order of an upgrade: handshake checks (pure, handshake.ts) -> capacity -> broker TCP connect
 // -> 101. The broker is connected before 101 is sent so a client never sees a WebSocket that
 // opens and dies: a refused broker is 502, a silent one 504.
 import { randomBytes } from 'node:crypto'
 import http from 'node:http'
+import https from 'node:https'
 import type { AddressInfo, Socket } from 'node:net'
 import type { Duplex } from 'node:stream'
 import { WebSocketServer, type WebSocket } from 'ws'
-import { Connection } from '../bridge/bridge.js'
+import { Connection, type ConnectionInfo } from '../bridge/bridge.js'
 import { CloseCode, CloseReason } from '../bridge/close-codes.js'
 import { ConnectionRegistry } from '../bridge/registry.js'
 import type { HostPort } from '../config/formats.js'
@@ -26,17 +28,18 @@ import {
   type Refusal,
 } from './handshake.js'
 import { writeRefusal } from './refuse.js'
+import type { TlsManager } from './tls.js'
 
 export interface EdgeOptions {
   config: Config
   brokers: readonly HostPort[]
   log: Logger
   metrics: Metrics
+  /** When set, the listener speaks TLS (wss://) with this manager's material and client policy. */
+  tls?: TlsManager | undefined
 }
 
 const RETRY_AFTER_SECONDS = '5'
-// The `listener` label of this listener's connections (a wss listener would be "wss").
-const LISTENER = 'ws'
 
 export class EdgeServer {
   readonly connections = new ConnectionRegistry()
@@ -46,7 +49,8 @@ export class EdgeServer {
   readonly #log: Logger
   readonly #metrics: Metrics
   readonly #policy: HandshakePolicy
-  readonly #server: http.Server
+  readonly #server: http.Server | https.Server
+  readonly #tls: TlsManager | undefined
   readonly #wss: WebSocketServer
   readonly #handshakeTimers = new WeakMap<Socket, NodeJS.Timeout>()
   readonly #idPrefix = randomBytes(3).toString('hex')
@@ -60,8 +64,9 @@ export class EdgeServer {
     this.#brokers = options.brokers
     this.#log = options.log
     this.#metrics = options.metrics
+    this.#tls = options.tls
     // Live byte/frame counts are read from the registry at scrape time, never per message.
-    options.metrics.addConnectionSource(LISTENER, () => this.connections.values())
+    options.metrics.addConnectionSource(this.scheme, () => this.connections.values())
     const ws = options.config.ws
     this.#policy = {
       path: ws.path,
@@ -77,11 +82,16 @@ export class EdgeServer {
       skipUTF8Validation: true,
       handleProtocols: (offered) => pickSubprotocol(offered, this.#policy.subprotocols),
     })
-    this.#server = http.createServer()
+    this.#server = options.tls
+      ? https.createServer(options.tls.serverOptions())
+      : http.createServer()
+    if (options.tls) options.tls.attach(this.#server as https.Server, 'wss')
     // Slow headers on a kept-alive connection; the first request is bounded by our own timer.
     this.#server.headersTimeout = ws.handshakeTimeout
     this.#server.requestTimeout = ws.handshakeTimeout
-    this.#server.on('connection', this.#onConnection)
+    // Over TLS the HTTP layer sees the TLSSocket of 'secureConnection', not the raw TCP socket
+    // of 'connection' (the TLS handshake itself is bounded by the TLS handshakeTimeout).
+    this.#server.on(options.tls ? 'secureConnection' : 'connection', this.#onConnection)
     this.#server.on('request', this.#onRequest)
     this.#server.on('upgrade', this.#onUpgrade)
     this.#server.on('clientError', this.#onClientError)
@@ -111,6 +121,11 @@ export class EdgeServer {
   /** True from listen() until close() begins: part of readiness. */
   get listening(): boolean {
     return this.#server.listening && !this.#closing
+  }
+
+  /** 'wss' when the listener speaks TLS. */
+  get scheme(): 'ws' | 'wss' {
+    return this.#tls ? 'wss' : 'ws'
   }
 
   address(): AddressInfo {
@@ -170,6 +185,7 @@ export class EdgeServer {
   // Plain HTTP (no Upgrade header). Only the WebSocket path means anything here.
   readonly #onRequest = (req: http.IncomingMessage, res: http.ServerResponse): void => {
     this.#clearHandshakeTimer(req.socket)
+    if (this.#refuseUntrustedClient(req.socket)) return
     const onPath = requestPath(req.url) === this.#policy.path
     let refusal: Refusal
     if (!onPath) {
@@ -212,6 +228,7 @@ export class EdgeServer {
   }
 
   async #upgrade(req: http.IncomingMessage, socket: Duplex, head: Buffer): Promise<void> {
+    if (this.#refuseUntrustedClient(socket)) return
     if (this.#closing) {
       this.#refuse(socket, req, {
         status: 503,
@@ -301,10 +318,11 @@ export class EdgeServer {
       upstream.socket,
       {
         id: `${this.#idPrefix}-${(++this.#nextId).toString(36)}`,
-        listener: LISTENER,
+        listener: this.scheme,
         remoteAddress: remoteOf(req),
         protocol,
         broker: upstream.broker,
+        ...this.#tlsDetails(req.socket),
       },
       {
         highWaterMark: this.#config.limits.highWaterMark,
@@ -317,7 +335,30 @@ export class EdgeServer {
       },
     )
     this.connections.add(connection)
-    this.#metrics.connectionOpened(LISTENER)
+    this.#metrics.connectionOpened(this.scheme)
+  }
+
+  #tlsDetails(socket: Duplex): Pick<ConnectionInfo, 'tls'> {
+    const verdict = this.#tls?.verdict(socket)
+    return verdict ? { tls: verdict.tls } : {}
+  }
+
+  /**
+   * A client whose certificate was refused at the end of its TLS handshake (logged and counted
+   * there, with the reason) gets 403 and a closed socket, never a WebSocket: every request on
+   * its socket stops here. The body names the reason so a non-browser client can log it.
+   */
+  #refuseUntrustedClient(socket: Duplex): boolean {
+    if (this.#tls === undefined) return false
+    const verdict = this.#tls.verdict(socket)
+    if (verdict === undefined || verdict.ok) return false
+    this.#metrics.handshakeRejected('client_cert')
+    writeRefusal(socket, {
+      status: 403,
+      reason: 'client_cert',
+      message: `client certificate refused: ${verdict.reason} (${verdict.detail})`,
+    })
+    return true
   }
 
   #refuse(socket: Duplex, req: http.IncomingMessage | undefined, refusal: Refusal): void {

@@ -3,6 +3,7 @@
 import { Writable } from 'node:stream'
 import { loadConfig } from '../../src/config/load.js'
 import type { Config } from '../../src/config/schema.js'
+import type { TlsEvent } from '../../src/edge/tls.js'
 import { startGateway, type Gateway } from '../../src/gateway.js'
 import { createLogger } from '../../src/log.js'
 
@@ -16,10 +17,17 @@ export interface TestGateway {
   gateway: Gateway
   config: Config
   port: number
+  /** ws://... or wss://... (tls.enabled) on 127.0.0.1. */
   url: string
   /** The admin listener (127.0.0.1, ephemeral port), e.g. http://127.0.0.1:1234 */
   adminPort: number
   adminUrl: string
+  /** Port of the mqtts listener when tcp.enabled. */
+  mqttsPort: number | undefined
+  /** The env the config was loaded from, to build a changed config for gateway.reload(). */
+  env: Record<string, string>
+  /** Every event given to the onTlsEvent hook. */
+  tlsEvents: TlsEvent[]
   logs: LogLine[]
   /** Resolves with the first log line matching, waiting up to `timeoutMs`. */
   waitForLog: (match: (line: LogLine) => boolean, timeoutMs?: number) => Promise<LogLine>
@@ -34,20 +42,23 @@ export async function startTestGateway(
   brokerPort: number,
   env: Record<string, string> = {},
 ): Promise<TestGateway> {
-  const { config } = loadConfig({
-    profile: 'development',
-    env: {
-      DRAWBRIDGE_LISTEN_HOST: '127.0.0.1',
-      DRAWBRIDGE_LISTEN_PORT: '0',
-      DRAWBRIDGE_UPSTREAM_BROKERS: `127.0.0.1:${brokerPort}`,
-      DRAWBRIDGE_UPSTREAM_EMBEDDED: 'false',
-      DRAWBRIDGE_SHUTDOWN_GRACE: '2s',
-      DRAWBRIDGE_LOG_LEVEL: 'debug',
-      DRAWBRIDGE_ADMIN_HOST: '127.0.0.1',
-      DRAWBRIDGE_ADMIN_PORT: '0',
-      ...env,
-    },
-  })
+  const fullEnv = {
+    DRAWBRIDGE_LISTEN_HOST: '127.0.0.1',
+    DRAWBRIDGE_LISTEN_PORT: '0',
+    DRAWBRIDGE_UPSTREAM_BROKERS: `127.0.0.1:${brokerPort}`,
+    DRAWBRIDGE_UPSTREAM_EMBEDDED: 'false',
+    DRAWBRIDGE_SHUTDOWN_GRACE: '2s',
+    DRAWBRIDGE_LOG_LEVEL: 'debug',
+    // The development profile serves wss with generated certificates; tests opt in to TLS
+    // with their own material (test/helpers/pki.ts).
+    DRAWBRIDGE_TLS_ENABLED: 'false',
+    DRAWBRIDGE_TLS_GENERATE_DEV_CERTS: 'false',
+    DRAWBRIDGE_TCP_PORT: '0',
+    DRAWBRIDGE_ADMIN_HOST: '127.0.0.1',
+    DRAWBRIDGE_ADMIN_PORT: '0',
+    ...env,
+  }
+  const { config } = loadConfig({ profile: 'development', env: fullEnv })
   const logs: LogLine[] = []
   const waiters = new Set<() => void>()
   const sink = new Writable({
@@ -59,7 +70,11 @@ export async function startTestGateway(
       done()
     },
   })
-  const gateway = await startGateway(config, { log: createLogger(config.log.level, sink) })
+  const tlsEvents: TlsEvent[] = []
+  const gateway = await startGateway(config, {
+    log: createLogger(config.log.level, sink),
+    onTlsEvent: (event) => tlsEvents.push(event),
+  })
   t.teardown(() => gateway.close())
   const port = gateway.address.port
   const adminPort = gateway.adminAddress?.port ?? 0
@@ -67,9 +82,12 @@ export async function startTestGateway(
     gateway,
     config,
     port,
-    url: `ws://127.0.0.1:${port}${config.ws.path}`,
+    url: `${gateway.edge.scheme}://127.0.0.1:${port}${config.ws.path}`,
     adminPort,
     adminUrl: `http://127.0.0.1:${adminPort}`,
+    mqttsPort: gateway.mqttsAddress?.port,
+    env: fullEnv,
+    tlsEvents,
     logs,
     waitForLog: (match, timeoutMs = 5_000) =>
       new Promise((resolve, reject) => {

@@ -26,9 +26,10 @@ export function spawnGateway(
   const clean = Object.fromEntries(
     Object.entries(process.env).filter(([k]) => !k.startsWith('DRAWBRIDGE_') && k !== 'NODE_ENV'),
   )
-  // The admin listener on an ephemeral port unless a test picks one: 9464 may be taken.
+  // Both profiles serve wss (tls.enabled); these tests speak plain ws unless they opt in. The
+  // admin listener takes an ephemeral port unless a test picks one: 9464 may be taken.
   const child = spawn(process.execPath, [CLI, ...args], {
-    env: { ...clean, DRAWBRIDGE_ADMIN_PORT: '0', ...env },
+    env: { ...clean, DRAWBRIDGE_TLS_ENABLED: 'false', DRAWBRIDGE_ADMIN_PORT: '0', ...env },
   })
   t.teardown(() => child.kill('SIGKILL'))
   const logs: LogLine[] = []

@@ -1,0 +1,70 @@
+// The mqtts listener (tcp.enabled): MQTT over TLS on TCP, same certificates and client rules
+// as wss, piped to the same upstream. MQTT.js and paho with a client certificate; a client
+// without one is refused with the reason logged; wss and mqtts clients reach each other.
+import { writeFileSync } from 'node:fs'
+import { join } from 'node:path'
+import t from 'tap'
+import { startBroker } from './helpers/broker.js'
+import { startTestGateway } from './helpers/gateway.js'
+import { testPki, tlsEnv, writeServerFiles } from './helpers/pki.js'
+import { connectMqtt, roundTrip, runPaho, tryMqtt } from './helpers/tls-clients.js'
+
+const pki = testPki()
+
+t.test('mqtts round trip with a client certificate, refusal without one', async (t) => {
+  const broker = await startBroker(t, 'aedes')
+  const files = writeServerFiles(t, pki)
+  const gw = await startTestGateway(
+    t,
+    broker.port,
+    tlsEnv(files, { DRAWBRIDGE_TLS_CLIENT_AUTH: 'required', DRAWBRIDGE_TCP_ENABLED: 'true' }),
+  )
+  const port = gw.mqttsPort
+  if (port === undefined) throw new Error('no mqtts listener')
+  const url = `mqtts://127.0.0.1:${port}`
+
+  const device = await connectMqtt(url, { ca: pki.ca.cert, client: pki.clients.good })
+  t.teardown(() => device.end(true))
+  t.equal(await roundTrip(device, 'mqtts/echo', 'over tcp'), 'over tcp', 'MQTT.js over mqtts')
+  const opened = await gw.waitForLog(
+    (line) => line.msg === 'connection opened' && line.listener === 'mqtts',
+  )
+  t.match(opened.tls, { clientCert: { subject: 'good-device', sans: ['DNS:good-device.test'] } })
+
+  // A browser on wss and a device on mqtts meet at the same broker.
+  const browser = await connectMqtt(gw.url, { ca: pki.ca.cert, client: pki.clients.good })
+  t.teardown(() => browser.end(true))
+  await browser.subscribeAsync('mqtts/to-browser', { qos: 1 })
+  const got = new Promise<string>((resolve) =>
+    browser.once('message', (_topic, payload: Buffer) => resolve(payload.toString())),
+  )
+  await device.publishAsync('mqtts/to-browser', 'hello browser', { qos: 1 })
+  t.equal(await got, 'hello browser', 'mqtts -> broker -> wss')
+
+  t.not(await tryMqtt(url, pki.ca.cert, undefined), 'ok', 'no certificate: refused')
+  const refused = await gw.waitForLog(
+    (line) => line.msg === 'client certificate refused' && line.listener === 'mqtts',
+  )
+  t.equal(refused.reason, 'no_cert')
+  t.not(await tryMqtt(url, pki.ca.cert, pki.clients.revoked), 'ok', 'revoked: refused')
+  await gw.waitForLog(
+    (line) =>
+      line.msg === 'client certificate refused' &&
+      line.listener === 'mqtts' &&
+      line.reason === 'revoked',
+  )
+
+  const cert = join(files.dir, 'good.crt')
+  const key = join(files.dir, 'good.key')
+  writeFileSync(cert, pki.clients.good.cert)
+  writeFileSync(key, pki.clients.good.key, { mode: 0o600 })
+  const paho = await runPaho('tcp', port, [
+    { name: 'good', ca: files.ca, cert, key },
+    { name: 'none', ca: files.ca },
+  ])
+  t.equal(paho.good, 'ok', 'paho over mqtts with a client certificate')
+  t.not(paho.none, 'ok', 'paho without a certificate refused')
+
+  device.end(true)
+  await gw.waitForLog((line) => line.msg === 'connection closed' && line.listener === 'mqtts')
+})
