@@ -14,6 +14,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import { fileURLToPath } from 'node:url'
 import { parseArgs, promisify } from 'node:util'
 import {
+  effectiveFileLimit,
   freePort,
   rssKiB,
   spawnChild,
@@ -35,9 +36,11 @@ const USAGE = `Usage: npm run bench -- [options]
   --systems a,b        only these systems (${SYSTEMS.map((s) => s.name).join(', ')})
   --workloads a,b      only these workloads (throughput, latency, idle, setup)
   --sizes 64,1024      only these throughput payload sizes
+  --idle 1000,10000    idle client counts
   --repeat N           run each throughput/setup measurement N times, keep the least CPU
   --drawbridge-env K=V extra env for the Drawbridge processes (repeatable)
   --ab DIST           also run "drawbridge-ws-ab" from another build's dist/ (A/B of a change)
+  --ab-env K=V         extra env for drawbridge-ws-ab only (repeatable; A/B of a setting)
   --cpu-prof DIR       run Drawbridge with --cpu-prof, profiles written to DIR
   --out FILE           results JSON path (default bench/results/<date>.json)
 `
@@ -50,9 +53,11 @@ const { values: opts } = parseArgs({
     workloads: { type: 'string' },
     repeat: { type: 'string' },
     sizes: { type: 'string' },
+    idle: { type: 'string' },
     'drawbridge-env': { type: 'string', multiple: true },
     'cpu-prof': { type: 'string' },
     ab: { type: 'string' },
+    'ab-env': { type: 'string', multiple: true },
     out: { type: 'string' },
     help: { type: 'boolean', short: 'h' },
   },
@@ -95,6 +100,7 @@ const PLAN = opts.quick
       repeat: 2,
     }
 if (opts.repeat !== undefined) PLAN.repeat = Math.max(1, Number(opts.repeat))
+if (opts.idle !== undefined) PLAN.idle = opts.idle.split(',').map(Number)
 if (opts.sizes !== undefined) {
   const sizes = new Set(opts.sizes.split(',').map(Number))
   PLAN.throughput = PLAN.throughput.filter((t) => sizes.has(t.size))
@@ -459,16 +465,17 @@ async function main() {
       mkdirSync(opts['cpu-prof'], { recursive: true })
       nodeFlags.push('--cpu-prof', `--cpu-prof-dir=${path.resolve(opts['cpu-prof'])}`)
     }
-    const drawbridgeEnv = Object.fromEntries(
-      (opts['drawbridge-env'] ?? []).map((kv) => [
-        kv.slice(0, kv.indexOf('=')),
-        kv.slice(kv.indexOf('=') + 1),
-      ]),
-    )
+    const envPairs = (list) =>
+      Object.fromEntries(
+        (list ?? []).map((kv) => [kv.slice(0, kv.indexOf('=')), kv.slice(kv.indexOf('=') + 1)]),
+      )
+    const drawbridgeEnv = envPairs(opts['drawbridge-env'])
     const ctx = { broker, certs, cert: certs.ecdsa, nodeFlags, drawbridgeEnv }
 
     const systems = []
-    const all = opts.ab ? [...SYSTEMS, abSystem(path.resolve(opts.ab))] : SYSTEMS
+    const all = opts.ab
+      ? [...SYSTEMS, abSystem(path.resolve(opts.ab), envPairs(opts['ab-env']))]
+      : SYSTEMS
     for (const s of all) {
       if (wantedSystems && !wantedSystems.has(s.name)) continue
       const why = await s.available(ctx)
@@ -545,15 +552,23 @@ async function main() {
     }
 
     if (wantedWorkloads.has('idle')) {
+      const fileLimit = effectiveFileLimit()
       for (const system of systems) {
         if (system.name === 'direct-tcp' || system.name.startsWith('websockify')) continue
-        for (const clients of PLAN.idle) {
-          progress(`idle ${clients} clients: ${system.name}`)
+        for (const requested of PLAN.idle) {
+          // Each client costs a bridge two descriptors (client + broker socket).
+          const clients = Math.min(requested, Math.floor((fileLimit - 100) / 2))
+          const capped =
+            clients < requested
+              ? ` (capped from ${requested}: ${fileLimit} descriptors per process here)`
+              : ''
+          progress(`idle ${clients} clients${capped}: ${system.name}`)
           const r = await withSystem(system, certs.ecdsa, (sut) => idleRun(lg, sut, clients))
+          r.requested = requested
           progress(
             `  ${r.kibPerConn.toFixed(1)} KiB/conn (${r.opened} open, ${r.failed} failed), drift ${r.driftKiBPerConn.toFixed(2)} KiB/conn`,
           )
-          record(`idle-${clients}`, { clients }, system, r)
+          record(`idle-${requested}`, { clients, requested, fileLimit }, system, r)
         }
       }
     }

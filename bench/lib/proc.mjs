@@ -1,6 +1,6 @@
 // Child processes for the benchmark: spawning with a raised file limit, reading a process's own
 // CPU and memory accounting from /proc, and making sure nothing outlives the run.
-import { spawn } from 'node:child_process'
+import { execFileSync, spawn } from 'node:child_process'
 import { readdirSync, readFileSync } from 'node:fs'
 import net from 'node:net'
 import process from 'node:process'
@@ -12,6 +12,25 @@ const CLK_TCK = 100 // sysconf(_SC_CLK_TCK) on Linux
 const PAGE_KIB = 4
 
 const children = new Set()
+
+/**
+ * The descriptor limit a child really gets: FILE_LIMIT, or the hard limit when this host does
+ * not let us raise it (a container without CAP_SYS_RESOURCE).
+ */
+export function effectiveFileLimit() {
+  try {
+    const out = execFileSync(
+      'sh',
+      ['-c', `ulimit -n ${FILE_LIMIT} 2>/dev/null || ulimit -n "$(ulimit -Hn)"; ulimit -n`],
+      {
+        encoding: 'utf8',
+      },
+    )
+    return Number(out.trim()) || FILE_LIMIT
+  } catch {
+    return FILE_LIMIT
+  }
+}
 
 /**
  * Spawns `cmd args` in its own process group under `ulimit -n FILE_LIMIT` (root may raise the

@@ -156,7 +156,7 @@ export function report(doc) {
         const naive = w.get(k).get(NAIVE_OF[transportOf(r.system)])?.metrics
         rows.push([
           label(r.system),
-          m.clients.toLocaleString('en-US'),
+          `${m.clients.toLocaleString('en-US')}${m.requested > m.clients ? ` (of ${m.requested.toLocaleString('en-US')}: fd limit ${r.params.fileLimit})` : ''}`,
           `${m.opened}${m.failed ? ` (${m.failed} failed)` : ''}`,
           num(m.kibPerConn, 1),
           ratio(m.kibPerConn, naive?.kibPerConn),

@@ -191,7 +191,7 @@ export const SYSTEMS = [
 ]
 
 /** Drawbridge over ws from another build (`--ab DIST`), to A/B a change in the same run. */
-export function abSystem(dist) {
+export function abSystem(dist, env = {}) {
   const cli = `${dist}/cli.js`
   return {
     name: 'drawbridge-ws-ab',
@@ -203,7 +203,7 @@ export function abSystem(dist) {
         'drawbridge-ws-ab',
         process.execPath,
         () => [cli],
-        (port) => drawbridgeEnv(port, ctx.broker, undefined, ctx.drawbridgeEnv),
+        (port) => drawbridgeEnv(port, ctx.broker, undefined, { ...ctx.drawbridgeEnv, ...env }),
       )
       return { ...p, target: wsTarget('ws', p.port) }
     },
