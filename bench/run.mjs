@@ -41,6 +41,7 @@ const USAGE = `Usage: npm run bench -- [options]
   --drawbridge-env K=V extra env for the Drawbridge processes (repeatable)
   --ab DIST           also run "drawbridge-ws-ab" from another build's dist/ (A/B of a change)
   --ab-env K=V         extra env for drawbridge-ws-ab only (repeatable; A/B of a setting)
+  --drawbridge-dist D  run the Drawbridge systems from another build's dist/ (e.g. a merge preview)
   --cpu-prof DIR       run Drawbridge with --cpu-prof, profiles written to DIR
   --out FILE           results JSON path (default bench/results/<date>.json)
 `
@@ -57,11 +58,14 @@ const { values: opts } = parseArgs({
     'drawbridge-env': { type: 'string', multiple: true },
     'cpu-prof': { type: 'string' },
     ab: { type: 'string' },
+    'drawbridge-dist': { type: 'string' },
     'ab-env': { type: 'string', multiple: true },
     out: { type: 'string' },
     help: { type: 'boolean', short: 'h' },
   },
 })
+if (opts['drawbridge-dist'])
+  process.env.BENCH_DRAWBRIDGE_DIST = path.resolve(opts['drawbridge-dist'])
 if (opts.help) {
   process.stdout.write(USAGE)
   process.exit(0)

@@ -10,7 +10,8 @@ import { freePort, spawnChild, stopChild, waitForPort } from './proc.mjs'
 
 const run = promisify(execFile)
 const ROOT = fileURLToPath(new URL('../../', import.meta.url))
-const CLI = `${ROOT}dist/cli.js`
+// --drawbridge-dist (BENCH_DRAWBRIDGE_DIST) points the Drawbridge systems at another build.
+const cliPath = () => `${process.env.BENCH_DRAWBRIDGE_DIST ?? `${ROOT}dist`}/cli.js`
 const NAIVE = `${ROOT}bench/naive-bridge.mjs`
 
 /**
@@ -49,9 +50,9 @@ function drawbridgeEnv(port, broker, tlsFiles, extra = {}) {
  * and show them in the resolved config. Returns undefined when it does, else the reason.
  */
 export async function drawbridgeTlsUnavailable(tlsFiles) {
-  if (!existsSync(CLI)) return 'dist/cli.js missing (run npm run build)'
+  if (!existsSync(cliPath())) return 'dist/cli.js missing (run npm run build)'
   try {
-    const { stdout } = await run(process.execPath, [CLI, 'check-config'], {
+    const { stdout } = await run(process.execPath, [cliPath(), 'check-config'], {
       env: drawbridgeEnv(1, { port: 1 }, tlsFiles),
       timeout: 15_000,
     })
@@ -75,6 +76,9 @@ async function startProcess(name, cmd, args, env) {
   }
   return { port, pid: entry.child.pid, stop: () => stopChild(entry) }
 }
+
+// The naive bridge is untuned: ws must not pick up the bufferutil addon Drawbridge installs.
+const naiveEnv = () => ({ ...process.env, WS_NO_BUFFER_UTIL: '1' })
 
 const wsTarget = (kind, port, protocol = 'mqtt') => ({
   kind,
@@ -106,13 +110,12 @@ export const SYSTEMS = [
     transport: 'ws',
     available: async () => undefined,
     start: async (ctx) => {
-      const p = await startProcess('naive-ws', process.execPath, (port) => [
-        NAIVE,
-        '--port',
-        String(port),
-        '--broker',
-        `127.0.0.1:${ctx.broker.port}`,
-      ])
+      const p = await startProcess(
+        'naive-ws',
+        process.execPath,
+        (port) => [NAIVE, '--port', String(port), '--broker', `127.0.0.1:${ctx.broker.port}`],
+        naiveEnv,
+      )
       return { ...p, target: wsTarget('ws', p.port) }
     },
   },
@@ -121,12 +124,12 @@ export const SYSTEMS = [
     label: 'Drawbridge, ws',
     transport: 'ws',
     available: async () =>
-      existsSync(CLI) ? undefined : 'dist/cli.js missing (run npm run build)',
+      existsSync(cliPath()) ? undefined : 'dist/cli.js missing (run npm run build)',
     start: async (ctx) => {
       const p = await startProcess(
         'drawbridge-ws',
         process.execPath,
-        () => [...ctx.nodeFlags, CLI],
+        () => [...ctx.nodeFlags, cliPath()],
         (port) => drawbridgeEnv(port, ctx.broker, undefined, ctx.drawbridgeEnv),
       )
       return { ...p, target: wsTarget('ws', p.port) }
@@ -138,17 +141,22 @@ export const SYSTEMS = [
     transport: 'wss',
     available: async () => undefined,
     start: async (ctx) => {
-      const p = await startProcess('naive-wss', process.execPath, (port) => [
-        NAIVE,
-        '--port',
-        String(port),
-        '--broker',
-        `127.0.0.1:${ctx.broker.port}`,
-        '--cert',
-        ctx.cert.cert,
-        '--key',
-        ctx.cert.key,
-      ])
+      const p = await startProcess(
+        'naive-wss',
+        process.execPath,
+        (port) => [
+          NAIVE,
+          '--port',
+          String(port),
+          '--broker',
+          `127.0.0.1:${ctx.broker.port}`,
+          '--cert',
+          ctx.cert.cert,
+          '--key',
+          ctx.cert.key,
+        ],
+        naiveEnv,
+      )
       return { ...p, target: wsTarget('wss', p.port) }
     },
   },
@@ -161,7 +169,7 @@ export const SYSTEMS = [
       const p = await startProcess(
         'drawbridge-wss',
         process.execPath,
-        () => [...ctx.nodeFlags, CLI],
+        () => [...ctx.nodeFlags, cliPath()],
         (port) => drawbridgeEnv(port, ctx.broker, ctx.cert, ctx.drawbridgeEnv),
       )
       return { ...p, target: wsTarget('wss', p.port) }
