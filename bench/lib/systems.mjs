@@ -37,8 +37,10 @@ function drawbridgeEnv(port, broker, tlsFiles, extra = {}) {
     DRAWBRIDGE_LIMITS_MAX_CONNECTIONS: '30000',
     ...extra,
   }
+  // Set either way: a profile may turn TLS on by default. A build without TLS settings only
+  // warns about the unknown variable.
+  env[DRAWBRIDGE_TLS_ENV.enabled] = tlsFiles ? 'true' : 'false'
   if (tlsFiles) {
-    env[DRAWBRIDGE_TLS_ENV.enabled] = 'true'
     env[DRAWBRIDGE_TLS_ENV.cert] = tlsFiles.cert
     env[DRAWBRIDGE_TLS_ENV.key] = tlsFiles.key
   }
