@@ -3,8 +3,8 @@
 // [MQTT-6.0.0-2], so the bridge never re-frames or inspects: it forwards the byte stream.
 //
 // Memory per connection is bounded in both directions:
-// - client -> broker: when the broker socket's write buffer is full (write() returns false),
-//   the WebSocket stops reading (ws.pause() stops the TCP socket) until 'drain'.
+// - client -> broker: when the broker socket's write buffer passes highWaterMark, the
+//   WebSocket stops reading (ws.pause() stops the TCP socket) until 'drain'.
 // - broker -> client: when the WebSocket's buffered amount would pass highWaterMark, the broker
 //   socket stops reading until that send has been flushed to the kernel.
 import type { Socket } from 'node:net'
@@ -94,6 +94,8 @@ export class Connection {
   #pending: CloseSummary | undefined
   #finished = false
   #closeWaiters: (() => void)[] = []
+  /** Broker socket corked until the end of this tick (see #onClientMessage). */
+  #corked = false
 
   constructor(ws: WebSocket, upstream: Socket, info: ConnectionInfo, options: ConnectionOptions) {
     this.id = info.id
@@ -189,11 +191,29 @@ export class Connection {
     this.framesToBroker++
     this.bytesToBroker += data.length
     this.lastActivity = Date.now()
-    if (!this.#upstream.write(data) && !this.pausedToBroker) {
+    // ws emits every frame of one socket read in the same tick: cork so they reach the broker
+    // in one writev instead of one syscall per frame (the byte stream is unchanged).
+    if (!this.#corked) {
+      this.#corked = true
+      this.#upstream.cork()
+      process.nextTick(this.#uncorkUpstream)
+    }
+    // Pause at limits.highWaterMark, not at the socket's own 16 KiB mark. Only when write()
+    // also said false: that is what makes the socket emit the 'drain' that resumes us.
+    if (
+      !this.#upstream.write(data) &&
+      this.#upstream.writableLength >= this.#options.highWaterMark &&
+      !this.pausedToBroker
+    ) {
       this.pausedToBroker = true
       this.pausesToBroker++
       this.#ws.pause()
     }
+  }
+
+  readonly #uncorkUpstream = (): void => {
+    this.#corked = false
+    this.#upstream.uncork()
   }
 
   readonly #onBrokerDrain = (): void => {

@@ -1,0 +1,356 @@
+// Markdown for a results document: one table per workload, each figure with its ratio to the
+// naive bridge (same transport) and to direct TCP, then the issue's targets, met or not.
+
+const NAIVE_OF = { ws: 'naive-ws', wss: 'naive-wss' }
+const LABEL = {
+  'direct-tcp': 'direct TCP (floor)',
+  'naive-ws': 'naive bridge, ws',
+  'naive-wss': 'naive bridge, wss',
+  'drawbridge-ws': 'Drawbridge, ws',
+  'drawbridge-wss': 'Drawbridge, wss',
+  'websockify-ws': 'websockify, ws',
+}
+
+const transportOf = (system) =>
+  system.endsWith('-wss') ? 'wss' : system.endsWith('-ws') ? 'ws' : 'tcp'
+const label = (system) => LABEL[system] ?? system
+
+function num(v, digits = 2) {
+  if (v === null || v === undefined || Number.isNaN(v)) return '—'
+  if (Math.abs(v) >= 1000) return Math.round(v).toLocaleString('en-US')
+  return v.toFixed(digits)
+}
+
+function ratio(v, base) {
+  if (v === null || v === undefined || base === null || base === undefined) return '—'
+  if (!Number.isFinite(v) || !Number.isFinite(base) || base === 0) return '—'
+  return `${(v / base).toFixed(2)}×`
+}
+
+function table(header, rows) {
+  const line = (cells) => `| ${cells.join(' | ')} |`
+  return [line(header), line(header.map(() => '---')), ...rows.map(line)].join('\n')
+}
+
+function byWorkload(doc) {
+  const map = new Map()
+  for (const r of doc.results) {
+    if (!map.has(r.workload)) map.set(r.workload, new Map())
+    map.get(r.workload).set(r.system, r)
+  }
+  return map
+}
+
+function pct(util) {
+  if (!util) return '—'
+  const machine = util.machine === undefined ? '' : ` (host ${Math.round(util.machine * 100)})`
+  return `${Math.round(util.sut * 100)}/${Math.round(util.broker * 100)}/${Math.round(util.loadgen * 100)}${machine}`
+}
+
+export function report(doc) {
+  const { meta } = doc
+  const w = byWorkload(doc)
+  const out = []
+  out.push(
+    `## Benchmark ${meta.quick ? '(quick) ' : ''}— ${meta.date.slice(0, 10)}, Node ${meta.node}, ${meta.cores} cores (${meta.cpu ?? 'unknown CPU'}), broker ${meta.broker}`,
+    '',
+    'Ratios: "vs naive" is against the naive bridge on the same transport, "vs direct" against MQTT straight over TCP to the broker. CPU is the system under test\'s own utime+stime from /proc, per delivered message (each message crosses the system twice: publisher in, subscriber out). "core use" is the percent of one core used by system under test / broker / load generator during the run, and (host) the percent of all cores busy, other work on this shared machine included; "limit" names a process that used nearly a whole core, or "machine busy" when every core was.',
+    '',
+  )
+  for (const s of doc.skipped) out.push(`- ${label(s.system)}: ${s.reason}`)
+  if (doc.skipped.length) out.push('')
+
+  for (const [workload, rows] of w) {
+    if (!workload.startsWith('throughput-')) continue
+    const first = rows.values().next().value
+    const size = first.params.size
+    out.push(
+      `### Throughput, QoS 0, ${size >= 1024 ? `${size / 1024} KiB` : `${size} B`} payloads (${first.params.pairs} publisher/subscriber pairs × ${first.params.count.toLocaleString('en-US')} messages)`,
+      '',
+    )
+    const direct = rows.get('direct-tcp')?.metrics
+    out.push(
+      table(
+        [
+          'system',
+          'delivered msg/s',
+          'vs naive',
+          'vs direct',
+          'CPU µs/msg',
+          'vs naive',
+          'core use %',
+          'limit',
+          'lost',
+        ],
+        [...rows.values()].map((r) => {
+          const m = r.metrics
+          const naive = rows.get(NAIVE_OF[transportOf(r.system)])?.metrics
+          return [
+            label(r.system),
+            num(m.msgPerSec),
+            ratio(m.msgPerSec, naive?.msgPerSec),
+            ratio(m.msgPerSec, direct?.msgPerSec),
+            num(m.cpuUsPerMsg),
+            ratio(m.cpuUsPerMsg, naive?.cpuUsPerMsg),
+            pct(m.util),
+            m.limit,
+            String(m.lost + m.seqErrors),
+          ]
+        }),
+      ),
+      '',
+    )
+  }
+
+  const lat = w.get('latency')
+  if (lat) {
+    const p = lat.values().next().value.params
+    out.push(
+      `### Latency at ${p.rate.toLocaleString('en-US')} msg/s, ${p.size} B, ${p.seconds} s (first ${p.warmup} messages not counted)`,
+      '',
+    )
+    const direct = lat.get('direct-tcp')?.metrics
+    out.push(
+      table(
+        [
+          'system',
+          'p50 ms',
+          'p99 ms',
+          'p99.9 ms',
+          'added p50 ms',
+          'added p99 ms',
+          'p99 vs naive',
+          'p99 vs direct',
+          'CPU µs/msg',
+        ],
+        [...lat.values()].map((r) => {
+          const m = r.metrics
+          const naive = lat.get(NAIVE_OF[transportOf(r.system)])?.metrics
+          return [
+            label(r.system),
+            num(m.p50, 3),
+            num(m.p99, 3),
+            num(m.p999, 3),
+            direct ? num(m.p50 - direct.p50, 3) : '—',
+            direct ? num(m.p99 - direct.p99, 3) : '—',
+            ratio(m.p99, naive?.p99),
+            ratio(m.p99, direct?.p99),
+            num(m.cpuUsPerMsg),
+          ]
+        }),
+      ),
+      '',
+    )
+  }
+
+  const idle = [...w.keys()].filter((k) => k.startsWith('idle-'))
+  if (idle.length) {
+    out.push(
+      '### Idle connections (RSS of the system under test added per connected MQTT client)',
+      '',
+    )
+    const rows = []
+    for (const k of idle) {
+      for (const r of w.get(k).values()) {
+        const m = r.metrics
+        const naive = w.get(k).get(NAIVE_OF[transportOf(r.system)])?.metrics
+        rows.push([
+          label(r.system),
+          `${m.clients.toLocaleString('en-US')}${m.requested > m.clients ? ` (of ${m.requested.toLocaleString('en-US')}: fd limit ${r.params.fileLimit})` : ''}`,
+          `${m.opened}${m.failed ? ` (${m.failed} failed)` : ''}`,
+          num(m.kibPerConn, 1),
+          ratio(m.kibPerConn, naive?.kibPerConn),
+          num(m.driftKiBPerConn, 2),
+        ])
+      }
+    }
+    out.push(
+      table(
+        ['system', 'clients', 'open', 'KiB/conn', 'vs naive', 'drift KiB/conn after settling'],
+        rows,
+      ),
+      '',
+    )
+  }
+
+  const setup = [...w.keys()].filter((k) => k.startsWith('setup-'))
+  if (setup.length) {
+    out.push('### wss connection setup (TLS + upgrade + CONNECT/CONNACK, then close)', '')
+    const rows = []
+    for (const k of setup) {
+      for (const r of w.get(k).values()) {
+        const m = r.metrics
+        const naive = w.get(k).get('naive-wss')?.metrics
+        rows.push([
+          label(r.system),
+          `${r.params.cert.toUpperCase()}${r.params.resume ? ', resumed' : ''}`,
+          num(m.perSec, 0),
+          ratio(m.perSec, naive?.perSec),
+          num(m.cpuMsPerSetup, 3),
+          ratio(m.cpuMsPerSetup, naive?.cpuMsPerSetup),
+          `${m.resumed}/${m.ok}`,
+          pct(m.util),
+          m.limit,
+        ])
+      }
+    }
+    out.push(
+      table(
+        [
+          'system',
+          'certificate',
+          'setups/s',
+          'vs naive',
+          'CPU ms/setup',
+          'vs naive',
+          'resumed',
+          'core use %',
+          'limit',
+        ],
+        rows,
+      ),
+      '',
+    )
+  }
+
+  out.push(targets(w), '')
+  return `${out.join('\n')}\n`
+}
+
+function metric(w, workload, system, key) {
+  return w.get(workload)?.get(system)?.metrics[key]
+}
+
+/** The issue's targets, each met, not met (with the figure), or not measured in this run. */
+function targets(w) {
+  const rows = []
+  const check = (what, value, ok, shown) => {
+    if (value === undefined || value === null || Number.isNaN(value))
+      rows.push([what, 'not measured', '—'])
+    else rows.push([what, shown, ok ? 'met' : '**not met**'])
+  }
+  for (const size of [64, 1024]) {
+    for (const t of ['ws', 'wss']) {
+      const d = metric(w, `throughput-${size}`, `drawbridge-${t}`, 'cpuUsPerMsg')
+      const n = metric(w, `throughput-${size}`, `naive-${t}`, 'cpuUsPerMsg')
+      const r = d !== undefined && n !== undefined ? d / n : undefined
+      check(
+        `CPU/msg ${size} B ${t} ≤ 0.6 × naive`,
+        r,
+        r <= 0.6,
+        r === undefined ? '' : `${d.toFixed(2)} µs = ${r.toFixed(2)}× naive`,
+      )
+    }
+    const d = metric(w, `throughput-${size}`, 'drawbridge-ws', 'cpuUsPerMsg')
+    const y = metric(w, `throughput-${size}`, 'websockify-ws', 'cpuUsPerMsg')
+    check(
+      `CPU/msg ${size} B ws below websockify`,
+      y === undefined ? undefined : d,
+      d < y,
+      y === undefined || d === undefined ? '' : `${d.toFixed(2)} vs ${y.toFixed(2)} µs`,
+    )
+  }
+  for (const t of ['ws', 'wss']) {
+    const direct = w.get('latency')?.get('direct-tcp')?.metrics
+    const m = w.get('latency')?.get(`drawbridge-${t}`)?.metrics
+    const a50 = m && direct ? m.p50 - direct.p50 : undefined
+    const a99 = m && direct ? m.p99 - direct.p99 : undefined
+    check(
+      `added p50 latency ${t} < 0.1 ms`,
+      a50,
+      a50 < 0.1,
+      a50 === undefined ? '' : `${a50.toFixed(3)} ms`,
+    )
+    check(
+      `added p99 latency ${t} < 0.5 ms`,
+      a99,
+      a99 < 0.5,
+      a99 === undefined ? '' : `${a99.toFixed(3)} ms`,
+    )
+  }
+  const idleKeys = [...w.keys()]
+    .filter((k) => k.startsWith('idle-'))
+    .sort((a, b) => Number(b.slice(5)) - Number(a.slice(5)))
+  const idleTop = idleKeys[0]
+  for (const [t, limit] of [
+    ['ws', 6],
+    ['wss', 32],
+  ]) {
+    const m = idleTop ? w.get(idleTop).get(`drawbridge-${t}`)?.metrics : undefined
+    check(
+      `idle ≤ ${limit} KiB/conn ${t} (${idleTop?.slice(5) ?? '?'} clients)`,
+      m?.kibPerConn,
+      m?.kibPerConn <= limit,
+      m ? `${m.kibPerConn.toFixed(1)} KiB` : '',
+    )
+    check(
+      `idle memory flat after settling ${t} (drift < 0.5 KiB/conn)`,
+      m?.driftKiBPerConn,
+      Math.abs(m?.driftKiBPerConn) < 0.5,
+      m ? `${m.driftKiBPerConn.toFixed(2)} KiB/conn` : '',
+    )
+  }
+  for (const k of ['setup-ecdsa', 'setup-ecdsa-resumed']) {
+    const d = metric(w, k, 'drawbridge-wss', 'cpuMsPerSetup')
+    const n = metric(w, k, 'naive-wss', 'cpuMsPerSetup')
+    const r = d !== undefined && n !== undefined ? d / n : undefined
+    check(
+      `CPU/setup ${k.slice(6)} ≤ 0.6 × naive`,
+      r,
+      r <= 0.6,
+      r === undefined ? '' : `${d.toFixed(3)} ms = ${r.toFixed(2)}× naive`,
+    )
+  }
+  return ['### Targets (issue 6)', '', table(['target', 'measured', 'status'], rows)].join('\n')
+}
+
+const HEADLINE = {
+  throughput: [
+    ['msgPerSec', 'msg/s', true],
+    ['cpuUsPerMsg', 'CPU µs/msg', false],
+  ],
+  latency: [
+    ['p50', 'p50 ms', false],
+    ['p99', 'p99 ms', false],
+    ['p999', 'p99.9 ms', false],
+  ],
+  idle: [['kibPerConn', 'KiB/conn', false]],
+  setup: [
+    ['perSec', 'setups/s', true],
+    ['cpuMsPerSetup', 'CPU ms/setup', false],
+  ],
+}
+
+/** The change of each headline figure against an earlier results document. */
+export function compareReport(before, after, file) {
+  const old = byWorkload(before)
+  const rows = []
+  for (const r of after.results) {
+    const prev = old.get(r.workload)?.get(r.system)
+    if (!prev) continue
+    const kind = r.workload.split('-')[0]
+    for (const [key, name, higherIsBetter] of HEADLINE[kind] ?? []) {
+      const a = prev.metrics[key]
+      const b = r.metrics[key]
+      if (typeof a !== 'number' || typeof b !== 'number' || a === 0) continue
+      const change = (b - a) / a
+      const better = higherIsBetter ? change > 0 : change < 0
+      rows.push([
+        r.workload,
+        label(r.system),
+        name,
+        num(a, 3),
+        num(b, 3),
+        `${change >= 0 ? '+' : ''}${(change * 100).toFixed(1)}%${Math.abs(change) >= 0.05 ? (better ? ' better' : ' worse') : ''}`,
+      ])
+    }
+  }
+  return [
+    `### Change against ${file} (${before.meta.date.slice(0, 16)}, ${before.meta.quick ? 'quick' : 'full'} run)`,
+    '',
+    rows.length
+      ? table(['workload', 'system', 'figure', 'before', 'now', 'change'], rows)
+      : 'No workload/system in common.',
+    '',
+  ].join('\n')
+}

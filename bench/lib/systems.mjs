@@ -1,0 +1,221 @@
+// The systems under test. Each one runs as its own process in front of the same broker, and
+// start() returns where the load generator connects (`target`) and the pid whose /proc
+// accounting is the system's cost (undefined for direct TCP: there is nothing in between).
+import { execFile } from 'node:child_process'
+import { existsSync } from 'node:fs'
+import { fileURLToPath, URL } from 'node:url'
+import { promisify } from 'node:util'
+import process from 'node:process'
+import { freePort, spawnChild, stopChild, waitForPort } from './proc.mjs'
+
+const run = promisify(execFile)
+const ROOT = fileURLToPath(new URL('../../', import.meta.url))
+// --drawbridge-dist (BENCH_DRAWBRIDGE_DIST) points the Drawbridge systems at another build.
+const cliPath = () => `${process.env.BENCH_DRAWBRIDGE_DIST ?? `${ROOT}dist`}/cli.js`
+const NAIVE = `${ROOT}bench/naive-bridge.mjs`
+
+/**
+ * The env names of Drawbridge's TLS settings. TLS is being added on another branch; if the
+ * build at hand does not know them, the wss systems say "not available in this build".
+ */
+export const DRAWBRIDGE_TLS_ENV = {
+  enabled: 'DRAWBRIDGE_TLS_ENABLED',
+  cert: 'DRAWBRIDGE_TLS_CERT',
+  key: 'DRAWBRIDGE_TLS_KEY',
+}
+
+function drawbridgeEnv(port, broker, tlsFiles, extra = {}) {
+  const env = {
+    ...process.env,
+    NODE_ENV: 'production',
+    DRAWBRIDGE_PROFILE: 'production',
+    DRAWBRIDGE_LISTEN_HOST: '127.0.0.1',
+    DRAWBRIDGE_LISTEN_PORT: String(port),
+    DRAWBRIDGE_UPSTREAM_BROKERS: `127.0.0.1:${broker.port}`,
+    DRAWBRIDGE_LOG_LEVEL: 'warn',
+    DRAWBRIDGE_WS_PING_INTERVAL: '0',
+    DRAWBRIDGE_LIMITS_MAX_CONNECTIONS: '30000',
+    ...extra,
+  }
+  // Set either way: a profile may turn TLS on by default. A build without TLS settings only
+  // warns about the unknown variable.
+  env[DRAWBRIDGE_TLS_ENV.enabled] = tlsFiles ? 'true' : 'false'
+  if (tlsFiles) {
+    env[DRAWBRIDGE_TLS_ENV.cert] = tlsFiles.cert
+    env[DRAWBRIDGE_TLS_ENV.key] = tlsFiles.key
+  }
+  return env
+}
+
+/**
+ * Whether this build of Drawbridge serves wss: `check-config` must accept the TLS settings
+ * and show them in the resolved config. Returns undefined when it does, else the reason.
+ */
+export async function drawbridgeTlsUnavailable(tlsFiles) {
+  if (!existsSync(cliPath())) return 'dist/cli.js missing (run npm run build)'
+  try {
+    const { stdout } = await run(process.execPath, [cliPath(), 'check-config'], {
+      env: drawbridgeEnv(1, { port: 1 }, tlsFiles),
+      timeout: 15_000,
+    })
+    const config = JSON.parse(stdout)
+    if (config.tls?.enabled === true) return undefined
+    return `not available in this build (check-config shows no tls.enabled for ${DRAWBRIDGE_TLS_ENV.enabled})`
+  } catch (err) {
+    const line = (err.stderr ?? err.message).toString().trim().split('\n')[0]
+    return `not available in this build (${line})`
+  }
+}
+
+async function startProcess(name, cmd, args, env) {
+  const port = await freePort()
+  const entry = spawnChild(name, cmd, args(port), { env: env?.(port) })
+  try {
+    await waitForPort(port, entry)
+  } catch (err) {
+    await stopChild(entry)
+    throw err
+  }
+  return { port, pid: entry.child.pid, stop: () => stopChild(entry) }
+}
+
+// The naive bridge is untuned: ws must not pick up the bufferutil addon Drawbridge installs.
+const naiveEnv = () => ({ ...process.env, WS_NO_BUFFER_UTIL: '1' })
+
+const wsTarget = (kind, port, protocol = 'mqtt') => ({
+  kind,
+  host: '127.0.0.1',
+  port,
+  path: '/mqtt',
+  protocol,
+})
+
+/**
+ * Every system. `tls` systems take the certificate from ctx.cert (one of ctx.certs);
+ * `available(ctx)` returns undefined or why the system cannot run here.
+ */
+export const SYSTEMS = [
+  {
+    name: 'direct-tcp',
+    label: 'direct TCP (floor)',
+    transport: 'tcp',
+    available: async () => undefined,
+    start: async (ctx) => ({
+      target: { kind: 'tcp', host: '127.0.0.1', port: ctx.broker.port },
+      pid: undefined,
+      stop: async () => {},
+    }),
+  },
+  {
+    name: 'naive-ws',
+    label: 'naive bridge, ws',
+    transport: 'ws',
+    available: async () => undefined,
+    start: async (ctx) => {
+      const p = await startProcess(
+        'naive-ws',
+        process.execPath,
+        (port) => [NAIVE, '--port', String(port), '--broker', `127.0.0.1:${ctx.broker.port}`],
+        naiveEnv,
+      )
+      return { ...p, target: wsTarget('ws', p.port) }
+    },
+  },
+  {
+    name: 'drawbridge-ws',
+    label: 'Drawbridge, ws',
+    transport: 'ws',
+    available: async () =>
+      existsSync(cliPath()) ? undefined : 'dist/cli.js missing (run npm run build)',
+    start: async (ctx) => {
+      const p = await startProcess(
+        'drawbridge-ws',
+        process.execPath,
+        () => [...ctx.nodeFlags, cliPath()],
+        (port) => drawbridgeEnv(port, ctx.broker, undefined, ctx.drawbridgeEnv),
+      )
+      return { ...p, target: wsTarget('ws', p.port) }
+    },
+  },
+  {
+    name: 'naive-wss',
+    label: 'naive bridge, wss',
+    transport: 'wss',
+    available: async () => undefined,
+    start: async (ctx) => {
+      const p = await startProcess(
+        'naive-wss',
+        process.execPath,
+        (port) => [
+          NAIVE,
+          '--port',
+          String(port),
+          '--broker',
+          `127.0.0.1:${ctx.broker.port}`,
+          '--cert',
+          ctx.cert.cert,
+          '--key',
+          ctx.cert.key,
+        ],
+        naiveEnv,
+      )
+      return { ...p, target: wsTarget('wss', p.port) }
+    },
+  },
+  {
+    name: 'drawbridge-wss',
+    label: 'Drawbridge, wss',
+    transport: 'wss',
+    available: (ctx) => drawbridgeTlsUnavailable(ctx.certs.ecdsa),
+    start: async (ctx) => {
+      const p = await startProcess(
+        'drawbridge-wss',
+        process.execPath,
+        () => [...ctx.nodeFlags, cliPath()],
+        (port) => drawbridgeEnv(port, ctx.broker, ctx.cert, ctx.drawbridgeEnv),
+      )
+      return { ...p, target: wsTarget('wss', p.port) }
+    },
+  },
+  {
+    name: 'websockify-ws',
+    label: 'websockify (python), ws',
+    transport: 'ws',
+    available: async () => {
+      try {
+        await run('websockify', ['--help'], { timeout: 10_000 })
+        return undefined
+      } catch {
+        return 'websockify not installed (apt-get install websockify)'
+      }
+    },
+    start: async (ctx) => {
+      const p = await startProcess('websockify-ws', 'websockify', (port) => [
+        `127.0.0.1:${port}`,
+        `127.0.0.1:${ctx.broker.port}`,
+      ])
+      // websockify answers only the 'binary' subprotocol (or none); it does not speak 'mqtt'.
+      return { ...p, target: wsTarget('ws', p.port, null) }
+    },
+  },
+]
+
+/** Drawbridge over ws from another build (`--ab DIST`), to A/B a change in the same run. */
+export function abSystem(dist, env = {}) {
+  const cli = `${dist}/cli.js`
+  return {
+    name: 'drawbridge-ws-ab',
+    label: `Drawbridge, ws (${dist})`,
+    transport: 'ws',
+    available: async () => (existsSync(cli) ? undefined : `${cli} missing`),
+    start: async (ctx) => {
+      const p = await startProcess(
+        'drawbridge-ws-ab',
+        process.execPath,
+        () => [cli],
+        (port) => drawbridgeEnv(port, ctx.broker, undefined, { ...ctx.drawbridgeEnv, ...env }),
+      )
+      return { ...p, target: wsTarget('ws', p.port) }
+    },
+  }
+}

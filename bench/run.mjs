@@ -1,0 +1,641 @@
+#!/usr/bin/env node
+// `npm run bench`: every system under test, each as its own process in front of one broker,
+// driven by a load generator in its own process; figures from the kernel's accounting of the
+// system under test. Progress on stderr, a markdown report on stdout, results JSON in
+// bench/results/. See bench/README.md.
+import { execFile, execFileSync } from 'node:child_process'
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import os from 'node:os'
+import path from 'node:path'
+import { performance } from 'node:perf_hooks'
+import process from 'node:process'
+import { clearTimeout, setTimeout } from 'node:timers'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { fileURLToPath } from 'node:url'
+import { parseArgs, promisify } from 'node:util'
+import {
+  effectiveFileLimit,
+  freePort,
+  rssKiB,
+  spawnChild,
+  stopChild,
+  syscalls,
+  treeCpu,
+  treeCpuSeconds,
+  waitForPort,
+} from './lib/proc.mjs'
+import { abSystem, SYSTEMS } from './lib/systems.mjs'
+import { compareReport, report } from './lib/report.mjs'
+
+const HERE = path.dirname(fileURLToPath(import.meta.url))
+const run = promisify(execFile)
+
+const USAGE = `Usage: npm run bench -- [options]
+  --quick              small counts, whole run under two minutes
+  --compare FILE       also show the change against an earlier results JSON
+  --systems a,b        only these systems (${SYSTEMS.map((s) => s.name).join(', ')})
+  --workloads a,b      only these workloads (throughput, latency, idle, setup)
+  --sizes 64,1024      only these throughput payload sizes
+  --idle 1000,10000    idle client counts
+  --repeat N           run each throughput/setup measurement N times, keep the least CPU
+  --drawbridge-env K=V extra env for the Drawbridge processes (repeatable)
+  --ab DIST           also run "drawbridge-ws-ab" from another build's dist/ (A/B of a change)
+  --ab-env K=V         extra env for drawbridge-ws-ab only (repeatable; A/B of a setting)
+  --drawbridge-dist D  run the Drawbridge systems from another build's dist/ (e.g. a merge preview)
+  --cpu-prof DIR       run Drawbridge with --cpu-prof, profiles written to DIR
+  --out FILE           results JSON path (default bench/results/<date>.json)
+`
+
+const { values: opts } = parseArgs({
+  options: {
+    quick: { type: 'boolean', default: false },
+    compare: { type: 'string' },
+    systems: { type: 'string' },
+    workloads: { type: 'string' },
+    repeat: { type: 'string' },
+    sizes: { type: 'string' },
+    idle: { type: 'string' },
+    'drawbridge-env': { type: 'string', multiple: true },
+    'cpu-prof': { type: 'string' },
+    ab: { type: 'string' },
+    'drawbridge-dist': { type: 'string' },
+    'ab-env': { type: 'string', multiple: true },
+    out: { type: 'string' },
+    help: { type: 'boolean', short: 'h' },
+  },
+})
+if (opts['drawbridge-dist'])
+  process.env.BENCH_DRAWBRIDGE_DIST = path.resolve(opts['drawbridge-dist'])
+if (opts.help) {
+  process.stdout.write(USAGE)
+  process.exit(0)
+}
+
+/** Message counts, durations and client counts; every loop below is bounded by these. */
+const PLAN = opts.quick
+  ? {
+      throughput: [
+        { size: 64, count: 20_000, window: 1000 },
+        { size: 1024, count: 10_000, window: 256 },
+        { size: 16384, count: 2_000, window: 16 },
+      ],
+      pairs: 2,
+      maxSeconds: 20,
+      latency: { rate: 2000, seconds: 2, size: 64, warmup: 200 },
+      idle: [1000],
+      settleMs: 1500,
+      flatMs: 1500,
+      setup: { count: 150, concurrency: 4, maxSeconds: 20 },
+      repeat: 1,
+    }
+  : {
+      throughput: [
+        { size: 64, count: 200_000, window: 1000 },
+        { size: 1024, count: 100_000, window: 256 },
+        { size: 16384, count: 15_000, window: 16 },
+      ],
+      pairs: 2,
+      maxSeconds: 90,
+      latency: { rate: 2000, seconds: 10, size: 64, warmup: 1000 },
+      idle: [1000, 10_000],
+      settleMs: 5000,
+      flatMs: 10_000,
+      setup: { count: 1000, concurrency: 4, maxSeconds: 60 },
+      repeat: 2,
+    }
+if (opts.repeat !== undefined) PLAN.repeat = Math.max(1, Number(opts.repeat))
+if (opts.idle !== undefined) PLAN.idle = opts.idle.split(',').map(Number)
+if (opts.sizes !== undefined) {
+  const sizes = new Set(opts.sizes.split(',').map(Number))
+  PLAN.throughput = PLAN.throughput.filter((t) => sizes.has(t.size))
+}
+
+const wantedWorkloads = new Set((opts.workloads ?? 'throughput,latency,idle,setup').split(','))
+const wantedSystems = opts.systems ? new Set(opts.systems.split(',')) : undefined
+
+function progress(msg) {
+  process.stderr.write(`[bench ${new Date().toISOString().slice(11, 19)}] ${msg}\n`)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Certificates and broker
+
+async function makeCerts(dir) {
+  const certs = {}
+  const kinds = {
+    ecdsa: ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1'],
+    rsa: ['-newkey', 'rsa:2048'],
+  }
+  for (const [name, keyArgs] of Object.entries(kinds)) {
+    const cert = path.join(dir, `${name}-cert.pem`)
+    const key = path.join(dir, `${name}-key.pem`)
+    await run(
+      'openssl',
+      [
+        'req',
+        '-x509',
+        ...keyArgs,
+        '-nodes',
+        '-keyout',
+        key,
+        '-out',
+        cert,
+        '-days',
+        '2',
+        '-subj',
+        '/CN=localhost',
+        '-addext',
+        'subjectAltName=DNS:localhost,IP:127.0.0.1',
+      ],
+      { timeout: 30_000 },
+    )
+    certs[name] = { cert, key, name }
+  }
+  return certs
+}
+
+async function startBroker(dir) {
+  const port = await freePort()
+  let mosquitto
+  try {
+    mosquitto = execFileSync('sh', ['-c', 'command -v mosquitto || ls /usr/sbin/mosquitto'], {
+      encoding: 'utf8',
+    })
+      .trim()
+      .split('\n')[0]
+  } catch {
+    mosquitto = undefined
+  }
+  if (mosquitto) {
+    const conf = path.join(dir, 'mosquitto.conf')
+    writeFileSync(
+      conf,
+      [
+        `listener ${port} 127.0.0.1`,
+        'allow_anonymous true',
+        // Throughput runs keep up to `window` messages in flight per pair; leave room.
+        'max_queued_messages 1000000',
+        'max_queued_bytes 0',
+        'persistence false',
+        'set_tcp_nodelay true',
+        'log_dest stderr',
+        'log_type error',
+        '',
+      ].join('\n'),
+    )
+    const entry = spawnChild('mosquitto', mosquitto, ['-c', conf])
+    await waitForPort(port, entry)
+    let version = 'mosquitto'
+    try {
+      const { stdout } = await run(mosquitto, ['-h'], { timeout: 5_000 }).catch((e) => e)
+      version = /mosquitto version [\d.]+/.exec(String(stdout))?.[0] ?? version
+    } catch {
+      // keep the plain name
+    }
+    return { port, pid: entry.child.pid, kind: version, stop: () => stopChild(entry) }
+  }
+  progress(
+    'mosquitto not on PATH: falling back to Aedes (in its own process); figures are not comparable with mosquitto runs',
+  )
+  const entry = spawnChild('aedes', process.execPath, [
+    path.join(HERE, 'aedes-broker.mjs'),
+    String(port),
+  ])
+  await waitForPort(port, entry)
+  return { port, pid: entry.child.pid, kind: 'aedes (fallback)', stop: () => stopChild(entry) }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Load generator
+
+class Loadgen {
+  #entry
+  #next = 0
+  #pending = new Map()
+
+  constructor() {
+    this.#entry = spawnChild('loadgen', process.execPath, [path.join(HERE, 'loadgen.mjs')], {
+      stdio: ['ignore', 'inherit', 'pipe', 'ipc'],
+    })
+    this.#entry.child.on('message', (msg) => this.#onMessage(msg))
+    this.#entry.child.once('exit', (code) => {
+      for (const p of this.#pending.values()) {
+        p.reject(new Error(`load generator exited (${code}): ${this.#entry.stderr().trim()}`))
+      }
+      this.#pending.clear()
+    })
+  }
+
+  get pid() {
+    return this.#entry.child.pid
+  }
+
+  /** Runs one command; `onReady` runs (to take the "before" sample) just before it starts. */
+  request(cmd, params, { onReady, timeoutMs = 600_000 } = {}) {
+    const id = ++this.#next
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.#pending.delete(id)
+        reject(new Error(`load generator: ${cmd} did not finish within ${timeoutMs} ms`))
+      }, timeoutMs)
+      this.#pending.set(id, {
+        onReady,
+        resolve: (v) => {
+          clearTimeout(timer)
+          resolve(v)
+        },
+        reject: (e) => {
+          clearTimeout(timer)
+          reject(e)
+        },
+      })
+      this.#entry.child.send({ id, cmd, ...params })
+    })
+  }
+
+  #onMessage(msg) {
+    if (msg.progress) {
+      progress(`  ${msg.progress}`)
+      return
+    }
+    const p = this.#pending.get(msg.id)
+    if (!p) return
+    if (msg.ready) {
+      p.onReady?.()
+      this.#entry.child.send({ id: msg.id, go: true })
+      return
+    }
+    this.#pending.delete(msg.id)
+    if (msg.error) p.reject(new Error(msg.error))
+    else p.resolve(msg.result)
+  }
+
+  async stop() {
+    if (this.#entry.child.connected) this.#entry.child.send({ cmd: 'exit' })
+    await stopChild(this.#entry, 3_000)
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Measurements
+
+/** Jiffies of all CPUs: [busy, total], from the first line of /proc/stat. */
+function machineJiffies() {
+  const f = readFileSync('/proc/stat', 'utf8')
+    .split('\n')[0]
+    .trim()
+    .split(/\s+/)
+    .slice(1)
+    .map(Number)
+  const total = f.reduce((a, b) => a + b, 0)
+  const idle = (f[3] ?? 0) + (f[4] ?? 0)
+  return [total - idle, total]
+}
+
+function sample(sut, broker, loadgen) {
+  return {
+    machine: machineJiffies(),
+    t: performance.now(),
+    sut: sut.pid ? treeCpuSeconds(sut.pid) : 0,
+    sutSystem: sut.pid ? treeCpu(sut.pid).system : 0,
+    sutSyscalls: sut.pid ? syscalls(sut.pid) : 0,
+    broker: treeCpuSeconds(broker.pid),
+    loadgen: treeCpuSeconds(loadgen.pid),
+  }
+}
+
+/**
+ * What bounded the run: a process of ours that used (nearly) a whole core, else the machine
+ * when all its cores were busy (other work on this shared host included), else the window.
+ */
+function limitOf(util) {
+  const [name, value] = Object.entries(util)
+    .filter(([k]) => k !== 'machine')
+    .sort((a, b) => b[1] - a[1])[0]
+  if (value >= 0.85) {
+    return name === 'loadgen' ? 'load generator' : name === 'sut' ? 'system under test' : 'broker'
+  }
+  if (util.machine >= 0.9) return 'machine busy'
+  return 'none (window-bound)'
+}
+
+async function measured(lg, sut, broker, cmd, params) {
+  let before
+  const result = await lg.request(cmd, params, {
+    onReady: () => (before = sample(sut, broker, lg)),
+  })
+  const after = sample(sut, broker, lg)
+  const wall = (after.t - before.t) / 1000
+  const util = {
+    sut: sut.pid ? (after.sut - before.sut) / wall : 0,
+    broker: (after.broker - before.broker) / wall,
+    loadgen: (after.loadgen - before.loadgen) / wall,
+    // Fraction of all cores busy, whoever used them.
+    machine:
+      (after.machine[0] - before.machine[0]) / Math.max(1, after.machine[1] - before.machine[1]),
+  }
+  return {
+    result,
+    sutCpuSeconds: after.sut - before.sut,
+    sutSystemSeconds: after.sutSystem - before.sutSystem,
+    sutSyscalls: after.sutSyscalls - before.sutSyscalls,
+    wall,
+    util,
+  }
+}
+
+async function throughputRun(lg, sut, broker, t) {
+  const { size, count } = t
+  const m = await measured(lg, sut, broker, 'throughput', {
+    target: sut.target,
+    pairs: PLAN.pairs,
+    count,
+    size,
+    window: t.window,
+    maxSeconds: PLAN.maxSeconds,
+  })
+  const r = m.result
+  return {
+    sent: r.sent,
+    delivered: r.delivered,
+    lost: r.sent - r.delivered,
+    seqErrors: r.seqErrors,
+    seconds: r.seconds,
+    msgPerSec: r.delivered / r.seconds,
+    cpuUsPerMsg: sut.pid ? (m.sutCpuSeconds * 1e6) / r.delivered : null,
+    syscallsPerMsg: sut.pid ? m.sutSyscalls / r.delivered : null,
+    kernelShare: sut.pid && m.sutCpuSeconds > 0 ? m.sutSystemSeconds / m.sutCpuSeconds : null,
+    util: m.util,
+    limit: limitOf(m.util),
+  }
+}
+
+async function latencyRun(lg, sut, broker) {
+  const m = await measured(lg, sut, broker, 'latency', { target: sut.target, ...PLAN.latency })
+  const r = m.result
+  return {
+    ...r,
+    cpuUsPerMsg: sut.pid ? (m.sutCpuSeconds * 1e6) / r.delivered : null,
+    util: m.util,
+  }
+}
+
+async function idleRun(lg, sut, clients) {
+  // Warm up first (code paths compiled, pools allocated), so the baseline is a running server.
+  await lg.request('idle-open', { target: sut.target, clients: 50, concurrency: 10 })
+  await lg.request('idle-close', {})
+  await sleep(1000)
+  const before = rssKiB(sut.pid)
+  const opened = await lg.request('idle-open', { target: sut.target, clients, concurrency: 50 })
+  await sleep(PLAN.settleMs)
+  const settled = rssKiB(sut.pid)
+  await sleep(PLAN.flatMs)
+  const later = rssKiB(sut.pid)
+  await lg.request('idle-close', {})
+  const perConn = opened.opened > 0 ? (settled - before) / opened.opened : NaN
+  return {
+    clients,
+    opened: opened.opened,
+    failed: opened.failed,
+    firstError: opened.firstError,
+    connectSeconds: opened.seconds,
+    rssBeforeKiB: before,
+    rssSettledKiB: settled,
+    rssLaterKiB: later,
+    kibPerConn: perConn,
+    driftKiBPerConn: opened.opened > 0 ? (later - settled) / opened.opened : NaN,
+  }
+}
+
+async function setupRun(lg, sut, broker, resume) {
+  const m = await measured(lg, sut, broker, 'handshake', {
+    target: sut.target,
+    count: PLAN.setup.count,
+    concurrency: PLAN.setup.concurrency,
+    maxSeconds: PLAN.setup.maxSeconds,
+    resume,
+  })
+  const r = m.result
+  return {
+    ok: r.ok,
+    failed: r.failed,
+    firstError: r.firstError,
+    resumed: r.reused,
+    seconds: r.seconds,
+    perSec: r.ok / r.seconds,
+    cpuMsPerSetup: (m.sutCpuSeconds * 1e3) / r.ok,
+    util: m.util,
+    limit: limitOf(m.util),
+  }
+}
+
+/** Runs `fn` PLAN.repeat times and keeps the run with the least CPU per unit of work. */
+async function best(fn, key) {
+  let kept
+  for (let i = 0; i < PLAN.repeat; i++) {
+    const r = await fn()
+    if (kept === undefined || (r[key] ?? Infinity) < (kept[key] ?? Infinity)) kept = r
+  }
+  return kept
+}
+
+// ---------------------------------------------------------------------------------------------
+
+async function main() {
+  const started = Date.now()
+  const tmp = mkdtempSync(path.join(os.tmpdir(), 'drawbridge-bench-'))
+  const results = []
+  const skipped = []
+  let broker
+  let lg
+  const cleanup = async () => {
+    await lg?.stop().catch(() => {})
+    await broker?.stop().catch(() => {})
+    rmSync(tmp, { recursive: true, force: true })
+  }
+  try {
+    progress(
+      `${opts.quick ? 'quick' : 'full'} run; node ${process.version}, ${os.cpus().length} cores, load ${os
+        .loadavg()
+        .map((l) => l.toFixed(2))
+        .join(' ')}`,
+    )
+    const certs = await makeCerts(tmp)
+    broker = await startBroker(tmp)
+    progress(`broker: ${broker.kind} on 127.0.0.1:${broker.port}`)
+    lg = new Loadgen()
+    const nodeFlags = []
+    if (opts['cpu-prof']) {
+      mkdirSync(opts['cpu-prof'], { recursive: true })
+      nodeFlags.push('--cpu-prof', `--cpu-prof-dir=${path.resolve(opts['cpu-prof'])}`)
+    }
+    const envPairs = (list) =>
+      Object.fromEntries(
+        (list ?? []).map((kv) => [kv.slice(0, kv.indexOf('=')), kv.slice(kv.indexOf('=') + 1)]),
+      )
+    const drawbridgeEnv = envPairs(opts['drawbridge-env'])
+    const ctx = { broker, certs, cert: certs.ecdsa, nodeFlags, drawbridgeEnv }
+
+    const systems = []
+    const all = opts.ab
+      ? [...SYSTEMS, abSystem(path.resolve(opts.ab), envPairs(opts['ab-env']))]
+      : SYSTEMS
+    for (const s of all) {
+      if (wantedSystems && !wantedSystems.has(s.name)) continue
+      const why = await s.available(ctx)
+      if (why) {
+        progress(`${s.name}: ${why}`)
+        skipped.push({ system: s.name, reason: why })
+      } else systems.push(s)
+    }
+
+    const record = (workload, params, system, metrics) => {
+      results.push({ workload, params, system: system.name, metrics })
+    }
+    const withSystem = async (system, cert, fn) => {
+      ctx.cert = cert
+      const sut = await system.start(ctx)
+      try {
+        return await fn(sut)
+      } finally {
+        await sut.stop()
+      }
+    }
+
+    if (wantedWorkloads.has('throughput') || wantedWorkloads.has('latency')) {
+      // All systems run side by side (idle when not under load) and the repeats go round them
+      // in turn, so a burst of noise from elsewhere on the machine hits each of them alike.
+      const running = []
+      try {
+        for (const system of systems) {
+          ctx.cert = certs.ecdsa
+          running.push({ system, sut: await system.start(ctx) })
+        }
+        if (wantedWorkloads.has('throughput')) {
+          for (const t of PLAN.throughput) {
+            const kept = new Map()
+            for (let rep = 1; rep <= PLAN.repeat; rep++) {
+              for (const { system, sut } of running) {
+                progress(
+                  `throughput ${t.size} B x ${t.count * PLAN.pairs}: ${system.name}${PLAN.repeat > 1 ? ` (${rep}/${PLAN.repeat})` : ''}`,
+                )
+                const r = await throughputRun(lg, sut, broker, t)
+                progress(
+                  `  ${Math.round(r.msgPerSec)} msg/s, ${r.cpuUsPerMsg?.toFixed(2) ?? '-'} µs/msg, ${r.syscallsPerMsg?.toFixed(2) ?? '-'} syscalls/msg, ${r.kernelShare === null ? '-' : Math.round(r.kernelShare * 100)}% in kernel, limit: ${r.limit}`,
+                )
+                // Keep the least disturbed run: least CPU per message (most msg/s for direct).
+                const prev = kept.get(system)
+                const runs = [...(prev?.runs ?? []), r.cpuUsPerMsg ?? r.msgPerSec]
+                const better =
+                  !prev ||
+                  (r.cpuUsPerMsg !== null
+                    ? r.cpuUsPerMsg < prev.cpuUsPerMsg
+                    : r.msgPerSec > prev.msgPerSec)
+                kept.set(system, { ...(better ? r : prev), runs })
+              }
+            }
+            for (const [system, r] of kept)
+              record(`throughput-${t.size}`, { ...t, pairs: PLAN.pairs }, system, r)
+          }
+        }
+        if (wantedWorkloads.has('latency')) {
+          for (const { system, sut } of running) {
+            progress(
+              `latency ${PLAN.latency.rate} msg/s for ${PLAN.latency.seconds} s: ${system.name}`,
+            )
+            const r = await latencyRun(lg, sut, broker)
+            progress(
+              `  p50 ${r.p50.toFixed(3)} ms, p99 ${r.p99.toFixed(3)} ms, p99.9 ${r.p999.toFixed(3)} ms`,
+            )
+            record('latency', PLAN.latency, system, r)
+          }
+        }
+      } finally {
+        for (const { sut } of running) await sut.stop()
+      }
+    }
+
+    if (wantedWorkloads.has('idle')) {
+      const fileLimit = effectiveFileLimit()
+      for (const system of systems) {
+        if (system.name === 'direct-tcp' || system.name.startsWith('websockify')) continue
+        for (const requested of PLAN.idle) {
+          // Each client costs a bridge two descriptors (client + broker socket).
+          const clients = Math.min(requested, Math.floor((fileLimit - 100) / 2))
+          const capped =
+            clients < requested
+              ? ` (capped from ${requested}: ${fileLimit} descriptors per process here)`
+              : ''
+          progress(`idle ${clients} clients${capped}: ${system.name}`)
+          const r = await withSystem(system, certs.ecdsa, (sut) => idleRun(lg, sut, clients))
+          r.requested = requested
+          progress(
+            `  ${r.kibPerConn.toFixed(1)} KiB/conn (${r.opened} open, ${r.failed} failed), drift ${r.driftKiBPerConn.toFixed(2)} KiB/conn`,
+          )
+          record(`idle-${requested}`, { clients, requested, fileLimit }, system, r)
+        }
+      }
+    }
+
+    if (wantedWorkloads.has('setup')) {
+      const variants = [
+        { id: 'setup-ecdsa', cert: certs.ecdsa, resume: false },
+        { id: 'setup-ecdsa-resumed', cert: certs.ecdsa, resume: true },
+        { id: 'setup-rsa', cert: certs.rsa, resume: false },
+      ]
+      for (const system of systems) {
+        if (system.transport !== 'wss') continue
+        for (const v of variants) {
+          progress(`${v.id} x ${PLAN.setup.count}: ${system.name}`)
+          const m = await withSystem(system, v.cert, (sut) =>
+            best(() => setupRun(lg, sut, broker, v.resume), 'cpuMsPerSetup'),
+          )
+          progress(
+            `  ${m.perSec.toFixed(0)}/s, ${m.cpuMsPerSetup.toFixed(3)} ms CPU each, ${m.resumed} resumed, ${m.failed} failed`,
+          )
+          record(v.id, { cert: v.cert.name, resume: v.resume, ...PLAN.setup }, system, m)
+        }
+      }
+    }
+
+    const doc = {
+      meta: {
+        date: new Date().toISOString(),
+        node: process.version,
+        cores: os.cpus().length,
+        cpu: os.cpus()[0]?.model,
+        loadavgAtEnd: os.loadavg(),
+        broker: broker.kind,
+        quick: opts.quick,
+        durationSeconds: (Date.now() - started) / 1000,
+        plan: PLAN,
+        drawbridgeEnv,
+      },
+      skipped,
+      results,
+    }
+    const outDir = path.join(HERE, 'results')
+    mkdirSync(outDir, { recursive: true })
+    const out =
+      opts.out ??
+      path.join(outDir, `${doc.meta.date.replace(/[:.]/g, '-')}${opts.quick ? '-quick' : ''}.json`)
+    writeFileSync(out, `${JSON.stringify(doc, null, 2)}\n`)
+    progress(
+      `results: ${path.relative(process.cwd(), out)} (${doc.meta.durationSeconds.toFixed(0)} s)`,
+    )
+    let md = report(doc)
+    if (opts.compare)
+      md += `\n${compareReport(JSON.parse(readFileSync(opts.compare, 'utf8')), doc, opts.compare)}`
+    process.stdout.write(md)
+  } finally {
+    await cleanup()
+  }
+}
+
+main().then(
+  () => process.exit(0),
+  (err) => {
+    progress(`failed: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}`)
+    process.exit(1)
+  },
+)
