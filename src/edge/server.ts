@@ -166,16 +166,21 @@ export class EdgeServer {
   }
 
   readonly #onConnection = (socket: Socket): void => {
+    // No 'close' listener to clear the timer: it would outlive the upgrade on every connection
+    // (memory per idle client); a timer that fires on a socket already gone does nothing.
     const timer = setTimeout(() => {
+      if (socket.destroyed) return
       this.#refuse(socket, undefined, {
         status: 408,
         reason: 'handshake_timeout',
         message: `no complete upgrade request within ${this.#config.ws.handshakeTimeout} ms`,
       })
     }, this.#config.ws.handshakeTimeout)
+    // An open socket keeps the process alive by itself; the timer must not outlive it.
+    timer.unref()
     this.#handshakeTimers.set(socket, timer)
-    socket.once('close', () => clearTimeout(timer))
   }
+
 
   #clearHandshakeTimer(socket: Socket): void {
     clearTimeout(this.#handshakeTimers.get(socket))
