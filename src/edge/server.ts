@@ -181,7 +181,6 @@ export class EdgeServer {
     this.#handshakeTimers.set(socket, timer)
   }
 
-
   #clearHandshakeTimer(socket: Socket): void {
     clearTimeout(this.#handshakeTimers.get(socket))
     this.#handshakeTimers.delete(socket)
