@@ -1,5 +1,6 @@
 // Custom convict formats. convict runs `coerce` only on strings (env vars, argv); values from a
 // JSON file arrive already typed, so every `validate` accepts both the parsed and the raw form.
+import { isIP } from 'node:net'
 import convict from 'convict'
 
 const DURATION_UNITS: Record<string, number> = {
@@ -67,6 +68,44 @@ export function splitList(value: string): string[] {
     .filter((item) => item !== '')
 }
 
+/** An IP address or CIDR block: `10.0.0.0/8`, `192.0.2.7`, `fd00::/8`. */
+export interface Cidr {
+  address: string
+  prefix: number
+  family: 'ipv4' | 'ipv6'
+}
+
+export function parseCidr(value: string): Cidr {
+  const [address = '', prefixText, extra] = value.trim().split('/')
+  const version = isIP(address)
+  if (version === 0 || extra !== undefined) {
+    throw new Error(`"${value}" is not an IP address or CIDR block (like 10.0.0.0/8 or fd00::/8)`)
+  }
+  const max = version === 4 ? 32 : 128
+  const prefix = prefixText === undefined ? max : Number(prefixText)
+  if (!/^\d+$/.test(prefixText ?? String(max)) || prefix > max) {
+    throw new Error(`"${value}": the prefix length must be 0 to ${max}`)
+  }
+  return { address, prefix, family: version === 4 ? 'ipv4' : 'ipv6' }
+}
+
+/**
+ * A browser origin as the Origin header carries it (`https://app.example.com`, with a port only
+ * when it is not the scheme's default), optionally with `*.` as the first host label to allow
+ * every subdomain. Returns the lower-cased form compared against requests.
+ */
+export function parseOriginPattern(value: string): string {
+  const text = value.trim().toLowerCase()
+  if (text === 'null') return text
+  const match = /^(https?):\/\/(\*\.)?([a-z0-9.-]+|\[[0-9a-f:.]+\])(:\d{1,5})?$/.exec(text)
+  if (!match) {
+    throw new Error(
+      `"${value}" is not an origin: use scheme://host[:port] with no path, like https://app.example.com`,
+    )
+  }
+  return text
+}
+
 function asList(value: unknown): unknown[] {
   if (typeof value === 'string') return splitList(value)
   if (Array.isArray(value)) return value as unknown[]
@@ -116,6 +155,24 @@ export function registerFormats(): void {
           if (typeof item !== 'string' || item.trim() === '') {
             throw new Error('each entry must be a non-empty string')
           }
+        }
+      },
+      coerce: (value: string) => splitList(value),
+    },
+    'cidr-list': {
+      validate(value: unknown) {
+        for (const item of asList(value)) {
+          if (typeof item !== 'string') throw new Error('each entry must be a string')
+          parseCidr(item)
+        }
+      },
+      coerce: (value: string) => splitList(value),
+    },
+    'origin-list': {
+      validate(value: unknown) {
+        for (const item of asList(value)) {
+          if (typeof item !== 'string') throw new Error('each entry must be a string')
+          parseOriginPattern(item)
         }
       },
       coerce: (value: string) => splitList(value),

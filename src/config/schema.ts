@@ -72,6 +72,18 @@ export const schema = {
       default: 10_000,
       env: 'DRAWBRIDGE_WS_PONG_TIMEOUT',
     },
+    allowedOrigins: {
+      doc: 'Browser origins allowed to open a WebSocket (scheme://host[:port], "*." as first label for subdomains, "null" for pages without an origin). Empty allows any origin. An upgrade whose Origin header is not listed is refused with 403, logged and counted (reason origin): this stops other sites from using a visitor\'s browser, cookies and client certificate to reach the broker.',
+      format: 'origin-list',
+      default: [],
+      env: 'DRAWBRIDGE_WS_ALLOWED_ORIGINS',
+    },
+    requireOrigin: {
+      doc: 'Refuse (403) upgrades that carry no Origin header. Non-browser clients (devices, MQTT.js in Node, paho) send none, so leave this off unless only browsers connect.',
+      format: 'bool',
+      default: false,
+      env: 'DRAWBRIDGE_WS_REQUIRE_ORIGIN',
+    },
     handshakeTimeout: {
       doc: 'A client connection that has not sent a complete upgrade request within this time is answered 408 and dropped.',
       format: 'duration',
@@ -180,6 +192,20 @@ export const schema = {
       env: 'DRAWBRIDGE_TLS_GENERATE_DEV_CERTS',
     },
   },
+  http: {
+    diagnostics: {
+      doc: 'Serve the diagnostics page at GET / on the public listener: a self-test a user runs in their own browser (TLS, WebSocket upgrade, subprotocol, MQTT round trip, idle survival) with a report to copy into a support ticket. On in development, off in production.',
+      format: 'bool',
+      default: false,
+      env: 'DRAWBRIDGE_HTTP_DIAGNOSTICS',
+    },
+    trustedProxies: {
+      doc: 'Peers (IP addresses or CIDR blocks) whose X-Forwarded-For, Forwarded and X-Real-IP headers are believed. The client address is the rightmost address in those headers that is not itself a trusted proxy; from any other peer the headers are ignored. Empty (the default) believes no one.',
+      format: 'cidr-list',
+      default: [],
+      env: 'DRAWBRIDGE_HTTP_TRUSTED_PROXIES',
+    },
+  },
   tcp: {
     enabled: {
       doc: 'Also serve MQTT over TLS on a plain TCP port (mqtts), with the same certificates and tls.clientAuth rules, piped to the same upstream brokers. Needs tls.enabled.',
@@ -285,10 +311,13 @@ export interface Config {
     perMessageDeflate: boolean
     pingInterval: number
     pongTimeout: number
+    allowedOrigins: string[]
+    requireOrigin: boolean
     handshakeTimeout: number
   }
   upstream: { brokers: string[]; connectTimeout: number; embedded: boolean }
   tls: TlsConfig
+  http: { diagnostics: boolean; trustedProxies: string[] }
   tcp: { enabled: boolean; port: number }
   limits: { maxConnections: number; highWaterMark: number }
   shutdown: { grace: number }
