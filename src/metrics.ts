@@ -76,6 +76,7 @@ const REFUSAL_REASONS = Object.keys({
   upstream_timeout: true,
   handshake_timeout: true,
   client_cert: true,
+  origin: true,
 } satisfies Record<RefusalReason, true>) as RefusalReason[]
 
 /** The plain-number counters a live connection keeps; read at scrape time only. */

@@ -3,6 +3,7 @@ import { once } from 'node:events'
 import t from 'tap'
 import { WebSocket } from 'ws'
 import {
+  originAllowed,
   parseSubprotocols,
   pickSubprotocol,
   requestPath,
@@ -17,6 +18,8 @@ const policy: HandshakePolicy = {
   path: '/mqtt',
   subprotocols: new Set(['mqtt', 'mqttv3.1']),
   requireSubprotocol: true,
+  allowedOrigins: [],
+  requireOrigin: false,
 }
 
 function request(method: string, url: string, headers: Record<string, string>): IncomingMessage {
@@ -124,6 +127,49 @@ t.test('validateUpgrade decides each case with its own status (pure)', async (t)
   t.match(refused, {
     ok: false,
     refusal: { reason: 'subprotocol', message: /offered: foo.*accepted: mqtt, mqttv3\.1/ },
+  })
+})
+
+t.test('origin rules (pure): exact scheme, host and port; *. for subdomains only', async (t) => {
+  const patterns = ['https://app.example.com', 'https://*.example.org', 'http://localhost:8080']
+  const cases: [string, boolean][] = [
+    ['https://app.example.com', true],
+    ['HTTPS://App.Example.com', true],
+    ['http://app.example.com', false],
+    ['https://app.example.com:8443', false],
+    ['https://evil.example.com', false],
+    ['https://app.example.com.evil.net', false],
+    ['https://a.example.org', true],
+    ['https://a.b.example.org', true],
+    ['https://example.org', false],
+    ['https://badexample.org', false],
+    ['http://localhost:8080', true],
+    ['http://localhost', false],
+    ['null', false],
+    ['not an origin', false],
+  ]
+  for (const [origin, expected] of cases) {
+    t.equal(originAllowed(origin, patterns), expected, origin)
+  }
+  t.equal(originAllowed('https://anything.net', []), true, 'empty list allows any origin')
+  t.equal(originAllowed('null', ['null']), true, '"null" only when listed')
+
+  const withOrigins = { ...policy, allowedOrigins: ['https://app.example.com'] }
+  const mqtt = { ...goodHeaders, 'sec-websocket-protocol': 'mqtt' }
+  t.match(
+    validateUpgrade(request('GET', '/mqtt', { ...mqtt, origin: 'https://x.net' }), withOrigins),
+    {
+      ok: false,
+      refusal: { status: 403, reason: 'origin', message: /origin https:\/\/x\.net is not allowed/ },
+    },
+  )
+  t.same(validateUpgrade(request('GET', '/mqtt', mqtt), withOrigins), {
+    ok: true,
+    protocol: 'mqtt',
+  })
+  t.match(validateUpgrade(request('GET', '/mqtt', mqtt), { ...policy, requireOrigin: true }), {
+    ok: false,
+    refusal: { status: 403, reason: 'origin', message: /Origin header is required/ },
   })
 })
 

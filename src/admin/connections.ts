@@ -6,10 +6,14 @@ import type { Connection } from '../bridge/bridge.js'
 export interface ConnectionView {
   id: string
   listener: string
-  /** The TCP peer, host:port. */
+  /** The TCP peer, host:port (a load balancer or proxy when there is one in front). */
   remoteAddress: string
-  /** The client address a trusted proxy reported (X-Forwarded-For), when there is one. */
+  /** The client's IP: what logs and per-client metrics use. */
+  clientAddress: string
+  /** The client address a trusted proxy reported (Forwarded, X-Forwarded-For, X-Real-IP), or null. */
   forwardedFor: string | null
+  /** The browser's Origin header, or null (non-browser clients send none). */
+  origin: string | null
   /** The negotiated WebSocket subprotocol, or null when none was echoed. */
   subprotocol: string | null
   /** TLS details on a wss listener; null on plain ws. The certificate only when one verified. */
@@ -43,7 +47,9 @@ export function describeConnection(c: Connection, now = Date.now()): ConnectionV
     id: c.id,
     listener: c.listener,
     remoteAddress: c.remoteAddress,
-    forwardedFor: null,
+    clientAddress: c.clientAddress,
+    forwardedFor: c.forwarded ? c.clientAddress : null,
+    origin: c.origin ?? null,
     subprotocol: c.protocol === false ? null : c.protocol,
     tls: c.tls
       ? { version: c.tls.protocol, cipher: c.tls.cipher, clientCert: c.tls.clientCert ?? null }

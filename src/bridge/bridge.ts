@@ -41,7 +41,14 @@ export interface ConnectionInfo {
   id: string
   /** Name of the listener that accepted it (the `listener` label of the metrics). */
   listener: string
+  /** The TCP peer, host:port. */
   remoteAddress: string
+  /** The client's IP: the peer's, or the one a trusted proxy reported (http.trustedProxies). */
+  clientAddress: string
+  /** True when clientAddress came from a trusted proxy's header rather than the TCP peer. */
+  forwarded: boolean
+  /** The browser's Origin header, when one was sent. */
+  origin?: string | undefined
   protocol: string | false
   broker: string
   /** Absent on plain ws:// connections. */
@@ -66,6 +73,9 @@ export class Connection {
   readonly id: string
   readonly listener: string
   readonly remoteAddress: string
+  readonly clientAddress: string
+  readonly forwarded: boolean
+  readonly origin: string | undefined
   readonly protocol: string | false
   readonly broker: string
   readonly tls: ConnectionTls | undefined
@@ -101,6 +111,9 @@ export class Connection {
     this.id = info.id
     this.listener = info.listener
     this.remoteAddress = info.remoteAddress
+    this.clientAddress = info.clientAddress
+    this.forwarded = info.forwarded
+    this.origin = info.origin
     this.protocol = info.protocol
     this.broker = info.broker
     this.tls = info.tls
@@ -122,6 +135,8 @@ export class Connection {
       {
         conn: this.id,
         remote: this.remoteAddress,
+        ...(this.forwarded && { client: this.clientAddress }),
+        ...(this.origin !== undefined && { origin: this.origin }),
         protocol: this.protocol,
         broker: this.broker,
         ...(this.tls && { tls: this.tls }),
@@ -131,14 +146,13 @@ export class Connection {
   }
 
   /**
-   * Who the client is for per-client metrics: the remote IP without its port (a port is new on
+   * Who the client is for per-client metrics: its IP address without the port (a port is new on
    * every connection). A verified TLS client certificate's CN takes precedence.
    */
   get clientIdentity(): string {
     const cn = this.tls?.clientCert?.subject
     if (cn !== undefined && cn !== '') return cn
-    const match = /^\[(.*)\]:\d+$|^(.*):\d+$/.exec(this.remoteAddress)
-    return match?.[1] ?? match?.[2] ?? this.remoteAddress
+    return this.clientAddress
   }
 
   /** Resolves once both sides are closed and the close has been logged. */

@@ -9,6 +9,10 @@ export interface HandshakePolicy {
   /** Accepted subprotocols. */
   subprotocols: ReadonlySet<string>
   requireSubprotocol: boolean
+  /** Lower-cased origin patterns (config format origin-list); empty allows any origin. */
+  allowedOrigins: readonly string[]
+  /** Refuse upgrades without an Origin header. */
+  requireOrigin: boolean
 }
 
 /** Why an upgrade was refused; also the `reason` label of the rejection metric. */
@@ -25,6 +29,8 @@ export type RefusalReason =
   | 'handshake_timeout'
   /** The TLS client certificate was refused (the TLS layer logs the precise reason). */
   | 'client_cert'
+  /** The browser's Origin is not in ws.allowedOrigins, or it is missing under ws.requireOrigin. */
+  | 'origin'
 
 export interface Refusal {
   status: number
@@ -77,6 +83,15 @@ export function validateUpgrade(req: IncomingMessage, policy: HandshakePolicy): 
       'Sec-WebSocket-Version': '13, 8',
     })
   }
+  // After the WebSocket checks, so a plain malformed request is still reported as malformed.
+  const origin = req.headers.origin
+  if (origin === undefined) {
+    if (policy.requireOrigin) {
+      return refuse(403, 'origin', 'an Origin header is required here (ws.requireOrigin)')
+    }
+  } else if (!originAllowed(origin, policy.allowedOrigins)) {
+    return refuse(403, 'origin', `origin ${origin} is not allowed (ws.allowedOrigins)`)
+  }
 
   const offered = parseSubprotocols(req.headers['sec-websocket-protocol'])
   if (offered === null) {
@@ -89,6 +104,31 @@ export function validateUpgrade(req: IncomingMessage, policy: HandshakePolicy): 
     return refuse(400, 'subprotocol', `no acceptable subprotocol (${what}); accepted: ${accepted}`)
   }
   return { ok: true, protocol }
+}
+
+const ORIGIN_PATTERN = /^(https?):\/\/([^/:]+|\[[^\]]+\])(?::(\d+))?$/
+
+/**
+ * Whether a browser's Origin header matches one of the patterns: the same scheme, host and port
+ * (browsers omit the scheme's default port, and so do the patterns), where a pattern host
+ * `*.example.com` stands for any subdomain of example.com but not example.com itself. Matching
+ * is on the parsed parts, never a substring, so `https://example.com.evil.net` matches nothing.
+ */
+export function originAllowed(origin: string, patterns: readonly string[]): boolean {
+  if (patterns.length === 0) return true
+  const value = origin.trim().toLowerCase()
+  if (value === 'null') return patterns.includes('null')
+  const asked = ORIGIN_PATTERN.exec(value)
+  if (!asked) return false
+  const [, scheme, host = '', port] = asked
+  for (const pattern of patterns) {
+    const allowed = ORIGIN_PATTERN.exec(pattern)
+    if (!allowed || allowed[1] !== scheme || allowed[3] !== port) continue
+    const allowedHost = allowed[2] ?? ''
+    if (allowedHost === host) return true
+    if (allowedHost.startsWith('*.') && host.endsWith(allowedHost.slice(1))) return true
+  }
+  return false
 }
 
 /**

@@ -28,6 +28,7 @@ import {
   type Refusal,
 } from './handshake.js'
 import { writeRefusal } from './refuse.js'
+import { ClientAddressResolver } from './client-address.js'
 import type { TlsManager } from './tls.js'
 
 export interface EdgeOptions {
@@ -49,6 +50,7 @@ export class EdgeServer {
   readonly #log: Logger
   readonly #metrics: Metrics
   readonly #policy: HandshakePolicy
+  readonly #clientAddresses: ClientAddressResolver
   readonly #server: http.Server | https.Server
   readonly #tls: TlsManager | undefined
   readonly #wss: WebSocketServer
@@ -72,7 +74,10 @@ export class EdgeServer {
       path: ws.path,
       subprotocols: new Set(ws.subprotocols),
       requireSubprotocol: ws.requireSubprotocol,
+      allowedOrigins: ws.allowedOrigins.map((origin) => origin.trim().toLowerCase()),
+      requireOrigin: ws.requireOrigin,
     }
+    this.#clientAddresses = new ClientAddressResolver(options.config.http.trustedProxies)
     this.#wss = new WebSocketServer({
       noServer: true,
       clientTracking: false,
@@ -324,6 +329,8 @@ export class EdgeServer {
         id: `${this.#idPrefix}-${(++this.#nextId).toString(36)}`,
         listener: this.scheme,
         remoteAddress: remoteOf(req),
+        ...this.#clientOf(req),
+        origin: req.headers.origin,
         protocol,
         broker: upstream.broker,
         ...this.#tlsDetails(req.socket),
@@ -340,6 +347,12 @@ export class EdgeServer {
     )
     this.connections.add(connection)
     this.#metrics.connectionOpened(this.scheme)
+  }
+
+  /** The client's address, from a trusted proxy's headers when the peer is one. */
+  #clientOf(req: http.IncomingMessage): Pick<ConnectionInfo, 'clientAddress' | 'forwarded'> {
+    const client = this.#clientAddresses.resolve(req.socket.remoteAddress ?? '', req.headers)
+    return { clientAddress: client.address, forwarded: client.source !== 'peer' }
   }
 
   #tlsDetails(socket: Duplex): Pick<ConnectionInfo, 'tls'> {
@@ -376,6 +389,7 @@ export class EdgeServer {
     this.#log.warn(
       {
         remote: req ? remoteOf(req) : remoteOfSocket(socket),
+        ...(req && this.#forwardedClient(req)),
         path: req?.url,
         status: refusal.status,
         reason: refusal.reason,
@@ -383,6 +397,12 @@ export class EdgeServer {
       },
       'upgrade refused',
     )
+  }
+
+  /** `{ client }` for log lines when a trusted proxy reported a client other than the peer. */
+  #forwardedClient(req: http.IncomingMessage): { client: string } | undefined {
+    const { clientAddress, forwarded } = this.#clientOf(req)
+    return forwarded ? { client: clientAddress } : undefined
   }
 
   // Malformed HTTP (Node's parser gave up): answer 400 like Node would, and log it.
