@@ -9,7 +9,7 @@ import os from 'node:os'
 import path from 'node:path'
 import { performance } from 'node:perf_hooks'
 import process from 'node:process'
-import { clearTimeout, setTimeout } from 'node:timers'
+import { clearInterval, clearTimeout, setInterval, setTimeout } from 'node:timers'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { fileURLToPath } from 'node:url'
 import { parseArgs, promisify } from 'node:util'
@@ -43,6 +43,8 @@ const USAGE = `Usage: npm run bench -- [options]
   --ab-env K=V         extra env for drawbridge-ws-ab only (repeatable; A/B of a setting)
   --drawbridge-dist D  run the Drawbridge systems from another build's dist/ (e.g. a merge preview)
   --cpu-prof DIR       run Drawbridge with --cpu-prof, profiles written to DIR
+  --scrape MS          scrape each Drawbridge's /metrics every MS during measurements, as
+                       Prometheus would (default 1000; 0 = never)
   --out FILE           results JSON path (default bench/results/<date>.json)
 `
 
@@ -60,6 +62,7 @@ const { values: opts } = parseArgs({
     ab: { type: 'string' },
     'drawbridge-dist': { type: 'string' },
     'ab-env': { type: 'string', multiple: true },
+    scrape: { type: 'string', default: '1000' },
     out: { type: 'string' },
     help: { type: 'boolean', short: 'h' },
   },
@@ -319,12 +322,36 @@ function limitOf(util) {
   return 'none (window-bound)'
 }
 
+/**
+ * Scrapes `sut`'s /metrics every `--scrape` ms until stopped, so the measured CPU includes what
+ * a monitored gateway spends on metrics. Returns a stop function giving the scrape count.
+ */
+function startScraping(sut) {
+  const every = Number(opts.scrape)
+  if (!sut.adminUrl || !(every > 0)) return async () => 0
+  let scrapes = 0
+  let inFlight = Promise.resolve()
+  const timer = setInterval(() => {
+    inFlight = fetch(`${sut.adminUrl}/metrics`)
+      .then((res) => res.text())
+      .then(() => void scrapes++)
+      .catch(() => undefined)
+  }, every)
+  return async () => {
+    clearInterval(timer)
+    await inFlight
+    return scrapes
+  }
+}
+
 async function measured(lg, sut, broker, cmd, params) {
   let before
+  const stopScraping = startScraping(sut)
   const result = await lg.request(cmd, params, {
     onReady: () => (before = sample(sut, broker, lg)),
   })
   const after = sample(sut, broker, lg)
+  const scrapes = await stopScraping()
   const wall = (after.t - before.t) / 1000
   const util = {
     sut: sut.pid ? (after.sut - before.sut) / wall : 0,
@@ -341,6 +368,7 @@ async function measured(lg, sut, broker, cmd, params) {
     sutSyscalls: after.sutSyscalls - before.sutSyscalls,
     wall,
     util,
+    scrapes,
   }
 }
 
@@ -367,6 +395,7 @@ async function throughputRun(lg, sut, broker, t) {
     kernelShare: sut.pid && m.sutCpuSeconds > 0 ? m.sutSystemSeconds / m.sutCpuSeconds : null,
     util: m.util,
     limit: limitOf(m.util),
+    scrapes: m.scrapes,
   }
 }
 

@@ -24,9 +24,12 @@ export const DRAWBRIDGE_TLS_ENV = {
   key: 'DRAWBRIDGE_TLS_KEY',
 }
 
-function drawbridgeEnv(port, broker, tlsFiles, extra = {}) {
+function drawbridgeEnv(port, broker, tlsFiles, extra = {}, adminPort = 0) {
   const env = {
     ...process.env,
+    // Each Drawbridge gets its own admin port: several run side by side, and the runner scrapes
+    // /metrics during measurements (--scrape) the way Prometheus would.
+    DRAWBRIDGE_ADMIN_PORT: String(adminPort),
     NODE_ENV: 'production',
     DRAWBRIDGE_PROFILE: 'production',
     DRAWBRIDGE_LISTEN_HOST: '127.0.0.1',
@@ -79,6 +82,17 @@ async function startProcess(name, cmd, args, env) {
   return { port, pid: entry.child.pid, stop: () => stopChild(entry) }
 }
 
+/** Starts a Drawbridge process; `adminUrl` is set when its admin listener is on. */
+async function startDrawbridge(name, args, envFor) {
+  const adminPort = await freePort()
+  const p = await startProcess(name, process.execPath, args, (port) => envFor(port, adminPort))
+  const env = envFor(p.port, adminPort)
+  const adminOn = !['false', '0', 'no', 'off'].includes(
+    String(env.DRAWBRIDGE_ADMIN_ENABLED ?? 'true').toLowerCase(),
+  )
+  return { ...p, adminUrl: adminOn ? `http://127.0.0.1:${adminPort}` : undefined }
+}
+
 // The naive bridge is untuned: ws must not pick up the bufferutil addon Drawbridge installs.
 const naiveEnv = () => ({ ...process.env, WS_NO_BUFFER_UTIL: '1' })
 
@@ -128,11 +142,10 @@ export const SYSTEMS = [
     available: async () =>
       existsSync(cliPath()) ? undefined : 'dist/cli.js missing (run npm run build)',
     start: async (ctx) => {
-      const p = await startProcess(
+      const p = await startDrawbridge(
         'drawbridge-ws',
-        process.execPath,
         () => [...ctx.nodeFlags, cliPath()],
-        (port) => drawbridgeEnv(port, ctx.broker, undefined, ctx.drawbridgeEnv),
+        (port, admin) => drawbridgeEnv(port, ctx.broker, undefined, ctx.drawbridgeEnv, admin),
       )
       return { ...p, target: wsTarget('ws', p.port) }
     },
@@ -168,11 +181,10 @@ export const SYSTEMS = [
     transport: 'wss',
     available: (ctx) => drawbridgeTlsUnavailable(ctx.certs.ecdsa),
     start: async (ctx) => {
-      const p = await startProcess(
+      const p = await startDrawbridge(
         'drawbridge-wss',
-        process.execPath,
         () => [...ctx.nodeFlags, cliPath()],
-        (port) => drawbridgeEnv(port, ctx.broker, ctx.cert, ctx.drawbridgeEnv),
+        (port, admin) => drawbridgeEnv(port, ctx.broker, ctx.cert, ctx.drawbridgeEnv, admin),
       )
       return { ...p, target: wsTarget('wss', p.port) }
     },
@@ -209,11 +221,11 @@ export function abSystem(dist, env = {}) {
     transport: 'ws',
     available: async () => (existsSync(cli) ? undefined : `${cli} missing`),
     start: async (ctx) => {
-      const p = await startProcess(
+      const p = await startDrawbridge(
         'drawbridge-ws-ab',
-        process.execPath,
         () => [cli],
-        (port) => drawbridgeEnv(port, ctx.broker, undefined, { ...ctx.drawbridgeEnv, ...env }),
+        (port, admin) =>
+          drawbridgeEnv(port, ctx.broker, undefined, { ...ctx.drawbridgeEnv, ...env }, admin),
       )
       return { ...p, target: wsTarget('ws', p.port) }
     },
