@@ -123,6 +123,10 @@ t.test('errors are ConfigError with the key', async (t) => {
       'upstream.brokers',
     ],
     [{ DRAWBRIDGE_LIMITS_MAX_CONNECTIONS: '-3' }, 'limits.maxConnections'],
+    [{ DRAWBRIDGE_HTTP_TRUSTED_PROXIES: '10.0.0.0/33' }, 'http.trustedProxies'],
+    [{ DRAWBRIDGE_HTTP_TRUSTED_PROXIES: 'proxy.example.com' }, 'http.trustedProxies'],
+    [{ DRAWBRIDGE_WS_ALLOWED_ORIGINS: 'https://app.example.com/page' }, 'ws.allowedOrigins'],
+    [{ DRAWBRIDGE_WS_ALLOWED_ORIGINS: 'app.example.com' }, 'ws.allowedOrigins'],
   ]
   for (const [env, key] of cases) {
     try {

@@ -125,6 +125,19 @@ function orRaw<T>(parse: (value: string) => T, value: string): T | string {
 const TRUE_WORDS = new Set(['true', '1', 'yes', 'on'])
 const FALSE_WORDS = new Set(['false', '0', 'no', 'off'])
 
+/** A list format: a JSON array, or a comma-separated string from env; `check` throws on a bad entry. */
+function listOf(what: string, check: (item: string) => unknown) {
+  return {
+    validate(value: unknown) {
+      for (const item of asList(value)) {
+        if (typeof item !== 'string') throw new Error(`each entry must be ${what}`)
+        check(item)
+      }
+    },
+    coerce: (value: string) => splitList(value),
+  }
+}
+
 let registered = false
 
 /** Registers the formats on convict's global table; safe to call more than once. */
@@ -140,43 +153,12 @@ export function registerFormats(): void {
       validate: (value: unknown) => void parseSize(value),
       coerce: (value: string) => orRaw(parseSize, value),
     },
-    'host-port-list': {
-      validate(value: unknown) {
-        for (const item of asList(value)) {
-          if (typeof item !== 'string') throw new Error('each entry must be a "host:port" string')
-          parseHostPort(item)
-        }
-      },
-      coerce: (value: string) => splitList(value),
-    },
-    'string-list': {
-      validate(value: unknown) {
-        for (const item of asList(value)) {
-          if (typeof item !== 'string' || item.trim() === '') {
-            throw new Error('each entry must be a non-empty string')
-          }
-        }
-      },
-      coerce: (value: string) => splitList(value),
-    },
-    'cidr-list': {
-      validate(value: unknown) {
-        for (const item of asList(value)) {
-          if (typeof item !== 'string') throw new Error('each entry must be a string')
-          parseCidr(item)
-        }
-      },
-      coerce: (value: string) => splitList(value),
-    },
-    'origin-list': {
-      validate(value: unknown) {
-        for (const item of asList(value)) {
-          if (typeof item !== 'string') throw new Error('each entry must be a string')
-          parseOriginPattern(item)
-        }
-      },
-      coerce: (value: string) => splitList(value),
-    },
+    'host-port-list': listOf('a "host:port" string', parseHostPort),
+    'string-list': listOf('a non-empty string', (item) => {
+      if (item.trim() === '') throw new Error('each entry must be a non-empty string')
+    }),
+    'cidr-list': listOf('an IP address or CIDR block', parseCidr),
+    'origin-list': listOf('an origin', parseOriginPattern),
     // convict's own Boolean coercion turns any string but "false" into true ("flase" -> true).
     bool: {
       validate(value: unknown) {
