@@ -11,7 +11,7 @@ import https from 'node:https'
 import type { AddressInfo, Socket } from 'node:net'
 import type { Duplex } from 'node:stream'
 import { WebSocketServer, type WebSocket } from 'ws'
-import { Connection, type ConnectionInfo } from '../bridge/bridge.js'
+import { Connection, type ConnectionInfo, type ConnectionOptions } from '../bridge/bridge.js'
 import { CloseCode, CloseReason } from '../bridge/close-codes.js'
 import { ConnectionRegistry } from '../bridge/registry.js'
 import type { HostPort } from '../config/formats.js'
@@ -55,6 +55,8 @@ export class EdgeServer {
   readonly #tls: TlsManager | undefined
   readonly #wss: WebSocketServer
   readonly #handshakeTimers = new WeakMap<Socket, NodeJS.Timeout>()
+  /** Shared by every Connection: one object, not one (with a closure) per client. */
+  readonly #connectionOptions: ConnectionOptions
   readonly #idPrefix = randomBytes(3).toString('hex')
   #nextId = 0
   /** Upgrades past the checks that are waiting for their broker connection. */
@@ -78,6 +80,15 @@ export class EdgeServer {
       requireOrigin: ws.requireOrigin,
     }
     this.#clientAddresses = new ClientAddressResolver(options.config.http.trustedProxies)
+    this.#connectionOptions = {
+      highWaterMark: options.config.limits.highWaterMark,
+      log: options.log,
+      onClose: (closed) => {
+        // Same tick: the counts move from the live set to the closed totals together.
+        this.#metrics.connectionClosed(closed)
+        this.connections.delete(closed)
+      },
+    }
     this.#wss = new WebSocketServer({
       noServer: true,
       clientTracking: false,
@@ -335,15 +346,7 @@ export class EdgeServer {
         broker: upstream.broker,
         ...this.#tlsDetails(req.socket),
       },
-      {
-        highWaterMark: this.#config.limits.highWaterMark,
-        log: this.#log,
-        onClose: (closed) => {
-          // Same tick: the counts move from the live set to the closed totals together.
-          this.#metrics.connectionClosed(closed)
-          this.connections.delete(closed)
-        },
-      },
+      this.#connectionOptions,
     )
     this.connections.add(connection)
     this.#metrics.connectionOpened(this.scheme)
