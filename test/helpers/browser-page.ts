@@ -97,7 +97,7 @@ export async function connectInPage(
     waitForMessages: async (count) => {
       await page.waitForFunction(
         ([id, count]) => (globalThis as unknown as PageApi).drawbridge.received(id).length >= count,
-        [id, count],
+        [id, count] as const,
         {
           polling: 50,
         },
