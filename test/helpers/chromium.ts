@@ -89,14 +89,19 @@ export async function launchChromium(t: Teardown, options: LaunchOptions = {}): 
     // implicit bypass rule.
     args.push(`--proxy-server=${options.proxy}`, '--proxy-bypass-list=<-loopback>')
   }
-  const context = await chromium.launchPersistentContext(join(root, 'profile'), {
-    executablePath: CHROMIUM,
-    headless: true,
-    args,
-    env: { ...process.env, HOME: home },
-    timeout: 30_000,
-    viewport: { width: 900, height: 900 },
-  })
+  const context = await chromium
+    .launchPersistentContext(join(root, 'profile'), {
+      executablePath: CHROMIUM,
+      headless: true,
+      args,
+      env: { ...process.env, HOME: home },
+      timeout: 30_000,
+      viewport: { width: 900, height: 900 },
+    })
+    .catch((err: unknown) => {
+      rmSync(root, { recursive: true, force: true })
+      throw err
+    })
   t.teardown(async () => {
     await context.close()
     rmSync(root, { recursive: true, force: true })
