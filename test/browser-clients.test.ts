@@ -125,6 +125,31 @@ if (CHROMIUM === undefined) {
     )
   })
 
+  t.test(
+    'tls.clientAuth=optional: the WebSocket works once the gateway origin was visited',
+    async (t) => {
+      const broker = await startBroker(t, 'mosquitto')
+      // The development profile's own setting: the server asks every client for a certificate.
+      const gw = await startTestGateway(t, broker.port, tlsEnv(writeServerFiles(t, pki)))
+      t.equal(gw.config.tls.clientAuth, 'optional')
+      const page = await browser.page(t)
+      await page.goto(site.origin)
+      await t.rejects(
+        connectInPage(page, 'mqttjs', gw.url, { version: 4 }),
+        /closed before CONNACK/,
+        'Chromium cancels a WebSocket asked for a client certificate it has not chosen',
+      )
+      t.notOk(gw.logs.some((l) => l.msg === 'connection opened'))
+      // A page load from the gateway's origin settles the choice ("no certificate") for the host.
+      const visit = await page.goto(`https://127.0.0.1:${gw.port}/`)
+      t.equal(visit?.status(), 200, 'the diagnostics page (on in development; any page would do)')
+      await page.goto(site.origin)
+      const client = await connectInPage(page, 'mqttjs', gw.url, { version: 4 })
+      t.teardown(() => client.end())
+      t.equal((await openConnections(gw)).length, 1, 'now the same connect succeeds')
+    },
+  )
+
   t.test('MQTT 3.1 from Paho against a gateway that accepts only "mqtt"', async (t) => {
     const broker = await startBroker(t, 'mosquitto')
     const gw = await startTestGateway(t, broker.port, {
