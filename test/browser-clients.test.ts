@@ -7,7 +7,7 @@ import t from 'tap'
 import { issueServerCert } from '../src/dev/certs.js'
 import { MOSQUITTO, startBroker } from './helpers/broker.js'
 import { connectInPage, startTestPageServer, type Library } from './helpers/browser-page.js'
-import { CHROMIUM, NO_CHROMIUM, launchChromium } from './helpers/chromium.js'
+import { CHROMIUM, NO_CHROMIUM, consoleOf, launchChromium } from './helpers/chromium.js'
 import { startTestGateway, type TestGateway } from './helpers/gateway.js'
 import { mosquittoPub, mosquittoSub } from './helpers/mosquitto-clients.js'
 import { testPki, tlsEnv, writeServerFiles } from './helpers/pki.js'
@@ -111,11 +111,16 @@ if (CHROMIUM === undefined) {
     writeFileSync(files.cert, stranger.cert)
     const gw = await startTestGateway(t, broker.port, tlsEnv(files, NO_CLIENT_CERTS))
     const page = await browser.page(t)
+    const devtools = consoleOf(page)
     await page.goto(site.origin)
     await t.rejects(
       connectInPage(page, 'mqttjs', gw.url, { version: 4 }),
       /closed before CONNACK/,
       'MQTT.js never gets a CONNACK',
+    )
+    t.match(
+      devtools.join('\n'),
+      /WebSocket connection to 'wss:.*' failed: .*ERR_CERT_AUTHORITY_INVALID/,
     )
     const failed = await gw.waitForLog((l) => l.msg === 'TLS handshake failed')
     t.equal(failed.reason, 'client_rejected_server_cert', 'the gateway logs why')
@@ -133,12 +138,14 @@ if (CHROMIUM === undefined) {
       const gw = await startTestGateway(t, broker.port, tlsEnv(writeServerFiles(t, pki)))
       t.equal(gw.config.tls.clientAuth, 'optional')
       const page = await browser.page(t)
+      const devtools = consoleOf(page)
       await page.goto(site.origin)
       await t.rejects(
         connectInPage(page, 'mqttjs', gw.url, { version: 4 }),
         /closed before CONNACK/,
         'Chromium cancels a WebSocket asked for a client certificate it has not chosen',
       )
+      t.match(devtools.join('\n'), /WebSocket opening handshake was canceled/)
       t.notOk(gw.logs.some((l) => l.msg === 'connection opened'))
       // A page load from the gateway's origin settles the choice ("no certificate") for the host.
       const visit = await page.goto(`https://127.0.0.1:${gw.port}/`)
@@ -157,6 +164,7 @@ if (CHROMIUM === undefined) {
       DRAWBRIDGE_WS_SUBPROTOCOLS: 'mqtt',
     })
     const page = await browser.page(t)
+    const devtools = consoleOf(page)
     await page.goto(site.origin)
     await t.rejects(
       connectInPage(page, 'paho', gw.url, { version: 3 }),
@@ -167,6 +175,7 @@ if (CHROMIUM === undefined) {
     t.equal(refused.reason, 'subprotocol')
     t.equal(refused.status, 400)
     t.match(refused.detail, /mqttv3\.1/, 'the refusal names what was offered')
+    t.match(devtools.join('\n'), /Error during WebSocket handshake: Unexpected response code: 400/)
     // Paho 3.1.1 on the same gateway works: the mismatch was the subprotocol alone.
     const client = await connectInPage(page, 'paho', gw.url, { version: 4 })
     t.teardown(() => client.end())

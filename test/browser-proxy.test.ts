@@ -6,7 +6,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import t from 'tap'
 import { MOSQUITTO, freePort, startBroker } from './helpers/broker.js'
 import { connectInPage, startTestPageServer } from './helpers/browser-page.js'
-import { CHROMIUM, NO_CHROMIUM, launchChromium } from './helpers/chromium.js'
+import { CHROMIUM, NO_CHROMIUM, consoleOf, launchChromium } from './helpers/chromium.js'
 import { startTestGateway } from './helpers/gateway.js'
 import { mosquittoPub, mosquittoSub } from './helpers/mosquitto-clients.js'
 import { testPki, tlsEnv, writeServerFiles } from './helpers/pki.js'
@@ -79,6 +79,7 @@ if (CHROMIUM === undefined) {
     async (t) => {
       const refused = await startTestGateway(t, broker.port, gatewayEnv(refusedPort, '25s'))
       const page = await browser.page(t)
+      const devtools = consoleOf(page)
       await page.goto(site.origin)
       await t.rejects(
         connectInPage(page, 'mqttjs', refused.url, { version: 4 }),
@@ -89,6 +90,11 @@ if (CHROMIUM === undefined) {
         new RegExp(`TCP_DENIED/403 \\d+ CONNECT 127\\.0\\.0\\.1:${refusedPort} `),
       )
       t.ok(line, `squid denied the CONNECT: ${line.trim()}`)
+      t.match(
+        devtools.join('\n'),
+        /failed: Establishing a tunnel via proxy server failed/,
+        'what DevTools shows the user',
+      )
       t.notOk(
         refused.logs.some((l) =>
           ['TLS handshake failed', 'upgrade refused', 'connection opened'].includes(l.msg),

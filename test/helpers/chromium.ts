@@ -131,3 +131,10 @@ export class Browser {
     return page
   }
 }
+
+/** Collects what `page` prints to its console (where Chromium explains a failed WebSocket). */
+export function consoleOf(page: Page): string[] {
+  const lines: string[] = []
+  page.on('console', (message) => lines.push(message.text()))
+  return lines
+}
