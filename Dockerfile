@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1
 # Drawbridge container image. Multi-stage: compile TypeScript with the dev dependencies, then
-# ship only dist/, config/ and the production dependencies on a slim Node LTS runtime.
+# ship only dist/, config/, static/ and the production dependencies on a slim Node LTS runtime.
 #   docker build -t drawbridge .
 #   docker run --read-only -p 443:8443 -v $PWD/certs:/etc/drawbridge/tls:ro \
 #     -e DRAWBRIDGE_UPSTREAM_BROKERS=broker:1883 drawbridge
@@ -34,6 +34,8 @@ COPY --from=production-deps /app/node_modules ./node_modules
 COPY --from=build /app/dist ./dist
 COPY package.json ./
 COPY config ./config
+# The diagnostics page (http.diagnostics), read from static/ beside dist/.
+COPY static ./static
 # Nothing is written at run time (logs go to stdout), so the root filesystem can be read-only.
 USER node
 EXPOSE 8443 9464

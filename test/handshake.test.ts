@@ -5,6 +5,7 @@ import { WebSocket } from 'ws'
 import {
   originAllowed,
   parseSubprotocols,
+  sameOrigin,
   pickSubprotocol,
   requestPath,
   validateUpgrade,
@@ -167,6 +168,14 @@ t.test('origin rules (pure): exact scheme, host and port; *. for subdomains only
     ok: true,
     protocol: 'mqtt',
   })
+  const own = { ...mqtt, host: 'gw.example.net:8443', origin: 'https://gw.example.net:8443' }
+  t.same(
+    validateUpgrade(request('GET', '/mqtt', own), withOrigins),
+    { ok: true, protocol: 'mqtt' },
+    "the gateway's own pages (same origin as Host) are always allowed",
+  )
+  t.equal(sameOrigin('https://gw.example.net', 'gw.example.net:8443'), false, 'port must match')
+  t.equal(sameOrigin('https://evil.net', 'gw.example.net'), false)
   t.match(validateUpgrade(request('GET', '/mqtt', mqtt), { ...policy, requireOrigin: true }), {
     ok: false,
     refusal: { status: 403, reason: 'origin', message: /Origin header is required/ },

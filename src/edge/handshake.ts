@@ -89,7 +89,10 @@ export function validateUpgrade(req: IncomingMessage, policy: HandshakePolicy): 
     if (policy.requireOrigin) {
       return refuse(403, 'origin', 'an Origin header is required here (ws.requireOrigin)')
     }
-  } else if (!originAllowed(origin, policy.allowedOrigins)) {
+  } else if (
+    !sameOrigin(origin, req.headers.host) &&
+    !originAllowed(origin, policy.allowedOrigins)
+  ) {
     return refuse(403, 'origin', `origin ${origin} is not allowed (ws.allowedOrigins)`)
   }
 
@@ -129,6 +132,18 @@ export function originAllowed(origin: string, patterns: readonly string[]): bool
     if (allowedHost.startsWith('*.') && host.endsWith(allowedHost.slice(1))) return true
   }
   return false
+}
+
+/**
+ * A page the gateway served itself (the diagnostics page): its Origin names the host the browser
+ * sent the request to. A browser sets both headers itself, so another site's page cannot match.
+ */
+export function sameOrigin(origin: string, host: string | undefined): boolean {
+  if (host === undefined) return false
+  const parsed = ORIGIN_PATTERN.exec(origin.trim().toLowerCase())
+  if (!parsed) return false
+  const authority = parsed[3] === undefined ? parsed[2] : `${parsed[2]}:${parsed[3]}`
+  return authority === host.trim().toLowerCase()
 }
 
 /**

@@ -27,6 +27,7 @@ import {
   type HandshakePolicy,
   type Refusal,
 } from './handshake.js'
+import { Diagnostics } from './diagnostics.js'
 import { writeRefusal } from './refuse.js'
 import { ClientAddressResolver } from './client-address.js'
 import type { TlsManager } from './tls.js'
@@ -54,6 +55,8 @@ export class EdgeServer {
   readonly #server: http.Server | https.Server
   readonly #tls: TlsManager | undefined
   readonly #wss: WebSocketServer
+  /** The diagnostics page and its JSON (http.diagnostics), else undefined. */
+  readonly #diagnostics: Diagnostics | undefined
   readonly #handshakeTimers = new WeakMap<Socket, NodeJS.Timeout>()
   /** Shared by every Connection: one object, not one (with a closure) per client. */
   readonly #connectionOptions: ConnectionOptions
@@ -98,6 +101,14 @@ export class EdgeServer {
       skipUTF8Validation: true,
       handleProtocols: (offered) => pickSubprotocol(offered, this.#policy.subprotocols),
     })
+    this.#diagnostics = options.config.http.diagnostics
+      ? new Diagnostics({
+          config: options.config,
+          tls: options.tls,
+          clientAddress: (req) => this.#clientOf(req).clientAddress,
+          peerAddress: remoteOf,
+        })
+      : undefined
     this.#server = options.tls
       ? https.createServer(options.tls.serverOptions())
       : http.createServer()
@@ -206,6 +217,7 @@ export class EdgeServer {
   readonly #onRequest = (req: http.IncomingMessage, res: http.ServerResponse): void => {
     this.#clearHandshakeTimer(req.socket)
     if (this.#refuseUntrustedClient(req.socket)) return
+    if (this.#diagnostics?.handle(req, res) === true) return
     const onPath = requestPath(req.url) === this.#policy.path
     let refusal: Refusal
     if (!onPath) {
@@ -389,6 +401,7 @@ export class EdgeServer {
   // Every refusal passes here, so this is where handshake_rejections_total is counted.
   #logRefusal(req: http.IncomingMessage | undefined, refusal: Refusal, socket?: Duplex): void {
     this.#metrics.handshakeRejected(refusal.reason)
+    if (req) this.#diagnostics?.recordRefusal(req, refusal)
     this.#log.warn(
       {
         remote: req ? remoteOf(req) : remoteOfSocket(socket),

@@ -1,0 +1,119 @@
+// Squid (Debian's /usr/sbin/squid) as the corporate HTTP proxy of the browser tests: our own
+// instance on an ephemeral loopback port, with a generated config, pid file and logs in a
+// temporary directory, in the foreground (-N), never the system service.
+import { spawn, spawnSync } from 'node:child_process'
+import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { freePort, waitForPort, type Teardown } from './broker.js'
+
+function findSquid(): string | undefined {
+  for (const candidate of ['/usr/sbin/squid', '/usr/bin/squid']) {
+    if (existsSync(candidate) && spawnSync(candidate, ['-v'], { stdio: 'ignore' }).status === 0) {
+      return candidate
+    }
+  }
+  if (process.env.CI === 'true') throw new Error('CI must have squid installed (.ci/run)')
+  return undefined
+}
+
+export const SQUID = findSquid()
+
+export interface SquidOptions {
+  /**
+   * Ports CONNECT may tunnel to. Stock squid.conf has `http_access deny CONNECT !SSL_ports` with
+   * only 443 in SSL_ports (FIELD-NOTES 56); this config keeps that rule and adds these ports.
+   */
+  connectPorts: readonly number[]
+  /**
+   * squid's read_timeout, in seconds: a CONNECT tunnel in which neither side has sent anything
+   * for this long is closed (tunnel.cc re-arms it on both connections on any activity either
+   * way). Verified by test/browser-proxy.test.ts. The deadline is computed from squid's
+   * whole-second clock and checked about once a second, so N seconds cuts after N-1 to N+1 s.
+   */
+  idleTimeoutSeconds?: number
+}
+
+export interface Squid {
+  port: number
+  /** http://127.0.0.1:PORT, for --proxy-server. */
+  url: string
+  /** The access log so far: one line per finished request; a tunnel is logged when it closes. */
+  accessLog: () => string
+  /** Resolves with the first access.log line matching, polling up to `timeoutMs`. */
+  waitForAccess: (match: RegExp, timeoutMs?: number) => Promise<string>
+}
+
+export async function startSquid(t: Teardown, options: SquidOptions): Promise<Squid> {
+  if (SQUID === undefined) throw new Error('squid is not installed')
+  const port = await freePort()
+  // Run as root (CI), squid drops to its own user ("proxy") before it opens its logs.
+  const dir = mkdtempSync(join(tmpdir(), 'drawbridge-squid-'))
+  chmodSync(dir, 0o777)
+  const accessLog = join(dir, 'access.log')
+  const conf = join(dir, 'squid.conf')
+  writeFileSync(
+    conf,
+    [
+      `http_port 127.0.0.1:${port}`,
+      `pid_filename ${join(dir, 'squid.pid')}`,
+      `access_log stdio:${accessLog} squid`,
+      `cache_log ${join(dir, 'cache.log')}`,
+      `coredump_dir ${dir}`,
+      'cache deny all',
+      'cache_mem 8 MB',
+      'netdb_filename none',
+      'icp_port 0',
+      'htcp_port 0',
+      'snmp_port 0',
+      'shutdown_lifetime 0 seconds',
+      `acl SSL_ports port 443 ${options.connectPorts.join(' ')}`,
+      'acl CONNECT method CONNECT',
+      'http_access deny CONNECT !SSL_ports',
+      'http_access allow localhost',
+      'http_access deny all',
+      ...(options.idleTimeoutSeconds === undefined
+        ? []
+        : [`read_timeout ${options.idleTimeoutSeconds} seconds`]),
+      '',
+    ].join('\n'),
+  )
+  const child = spawn(SQUID, ['-N', '-f', conf], { stdio: ['ignore', 'ignore', 'pipe'] })
+  let stderr = ''
+  child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()))
+  t.teardown(async () => {
+    if (child.exitCode === null && child.signalCode === null) {
+      const exited = new Promise((resolve) => child.once('exit', resolve))
+      child.kill('SIGTERM')
+      const timer = setTimeout(() => child.kill('SIGKILL'), 3_000)
+      await exited
+      clearTimeout(timer)
+    }
+    rmSync(dir, { recursive: true, force: true })
+  })
+  await waitForPort(port, 10_000).catch((err: unknown) => {
+    const log = existsSync(join(dir, 'cache.log'))
+      ? readFileSync(join(dir, 'cache.log'), 'utf8')
+      : ''
+    throw new Error(`squid did not start: ${String(err)}\n${stderr}\n${log}`)
+  })
+  const read = (): string => (existsSync(accessLog) ? readFileSync(accessLog, 'utf8') : '')
+  return {
+    port,
+    url: `http://127.0.0.1:${port}`,
+    accessLog: read,
+    waitForAccess: async (match, timeoutMs = 5_000) => {
+      const deadline = Date.now() + timeoutMs
+      for (;;) {
+        const line = read()
+          .split('\n')
+          .find((l) => match.test(l))
+        if (line !== undefined) return line
+        if (Date.now() > deadline) {
+          throw new Error(`no access.log line matching ${String(match)}:\n${read()}`)
+        }
+        await new Promise((resolve) => setTimeout(resolve, 100))
+      }
+    },
+  }
+}
