@@ -125,6 +125,7 @@ export async function startGateway(config: Config, deps: GatewayDeps): Promise<G
         maxConnections: config.limits.maxConnections,
         tls,
         log,
+        metrics,
       })
       mqttsAddress = await mqtts.listen()
     }

@@ -7,6 +7,7 @@ import t from 'tap'
 import { startBroker } from './helpers/broker.js'
 import { startTestGateway } from './helpers/gateway.js'
 import { testPki, tlsEnv, writeServerFiles } from './helpers/pki.js'
+import { eventually, scrape, value } from './helpers/scrape.js'
 import { connectMqtt, roundTrip, runPaho, tryMqtt } from './helpers/tls-clients.js'
 
 const pki = testPki()
@@ -30,6 +31,13 @@ t.test('mqtts round trip with a client certificate, refusal without one', async 
     (line) => line.msg === 'connection opened' && line.listener === 'mqtts',
   )
   t.match(opened.tls, { clientCert: { subject: 'good-device', sans: ['DNS:good-device.test'] } })
+  const live = await scrape(gw.adminUrl)
+  t.equal(value(live, 'drawbridge_connections_active', { listener: 'mqtts' }), 1)
+  t.equal(value(live, 'drawbridge_connections_total', { listener: 'mqtts' }), 1)
+  t.ok(
+    value(live, 'drawbridge_bytes_total', { direction: 'client_to_broker' }) > 0,
+    'the mqtts bytes are counted while the connection is open',
+  )
 
   // A browser on wss and a device on mqtts meet at the same broker.
   const browser = await connectMqtt(gw.url, { ca: pki.ca.cert, client: pki.clients.good })
@@ -67,4 +75,13 @@ t.test('mqtts round trip with a client certificate, refusal without one', async 
 
   device.end(true)
   await gw.waitForLog((line) => line.msg === 'connection closed' && line.listener === 'mqtts')
+  // The device and paho's "good" client were bridged; the refused ones never were.
+  const counted = await eventually(async () => {
+    const s = await scrape(gw.adminUrl)
+    return (
+      value(s, 'drawbridge_connections_active', { listener: 'mqtts' }) === 0 &&
+      value(s, 'drawbridge_connections_total', { listener: 'mqtts' }) === 2
+    )
+  })
+  t.ok(counted, 'mqtts connections counted: 2 opened, none left open after they closed')
 })

@@ -13,6 +13,7 @@ import tls from 'node:tls'
 import type { HostPort } from '../config/formats.js'
 import { ListenError, UpstreamTimeoutError } from '../errors.js'
 import type { Logger } from '../log.js'
+import type { FinishedConnection, Metrics } from '../metrics.js'
 import { connectUpstream } from '../upstream/connector.js'
 import type { TlsManager } from './tls.js'
 
@@ -28,12 +29,39 @@ export interface MqttsOptions {
   maxConnections: number
   tls: TlsManager
   log: Logger
+  metrics: Metrics
 }
 
-interface Pipe {
-  id: string
-  client: tls.TLSSocket
-  closed: Promise<void>
+/**
+ * One mqtts connection as the metrics see it, like a WebSocket Connection: bytes are read from
+ * the broker socket's own counters at scrape time (the streams are piped, nothing counts them
+ * per chunk). There are no frames, pauses or WebSocket close codes on this listener.
+ */
+class Pipe implements FinishedConnection {
+  readonly listener = 'mqtts'
+  readonly openedAt = Date.now()
+  readonly framesToBroker = 0
+  readonly framesToClient = 0
+  readonly pausesToBroker = 0
+  readonly pausesToClient = 0
+  readonly pingTimedOut = false
+  readonly closed = undefined
+
+  constructor(
+    readonly id: string,
+    readonly client: tls.TLSSocket,
+    readonly upstream: Socket,
+    readonly clientIdentity: string,
+    readonly whenClosed: Promise<void>,
+  ) {}
+
+  get bytesToBroker(): number {
+    return this.upstream.bytesWritten
+  }
+
+  get bytesToClient(): number {
+    return this.upstream.bytesRead
+  }
 }
 
 export class MqttsListener {
@@ -51,6 +79,7 @@ export class MqttsListener {
     // The manager judges the client first, so its verdict is there when #onClient runs.
     options.tls.attach(this.#server, 'mqtts')
     this.#server.on('secureConnection', this.#onClient)
+    options.metrics.addConnectionSource('mqtts', () => this.#open)
   }
 
   get size(): number {
@@ -89,7 +118,7 @@ export class MqttsListener {
     const graceOver = new Promise<'timeout'>((resolve) => {
       timer = setTimeout(() => resolve('timeout'), grace)
     })
-    const allClosed = Promise.all(open.map((pipe) => pipe.closed))
+    const allClosed = Promise.all(open.map((pipe) => pipe.whenClosed))
     if ((await Promise.race([allClosed, graceOver])) === 'timeout') {
       for (const pipe of this.#open) pipe.client.destroy()
       await allClosed
@@ -110,6 +139,7 @@ export class MqttsListener {
     const remote = remoteOf(client)
     if (this.#closing || this.#open.size + this.#pending >= this.#options.maxConnections) {
       const reason = this.#closing ? 'shutting_down' : 'capacity'
+      this.#options.metrics.handshakeRejected(reason)
       this.#options.log.warn({ listener: 'mqtts', remote, reason }, 'mqtts connection refused')
       client.destroy()
       return
@@ -133,14 +163,20 @@ export class MqttsListener {
         brokers: this.#options.brokers,
         connectTimeout: this.#options.connectTimeout,
         signal: abort.signal,
+        onAttempt: (attempt) => {
+          if (attempt.ok) this.#options.metrics.upstreamConnected(attempt.seconds)
+          else this.#options.metrics.upstreamError(attempt.reason)
+        },
       })
     } catch (err) {
       if (!abort.signal.aborted) {
+        const reason = err instanceof UpstreamTimeoutError ? 'upstream_timeout' : 'upstream_refused'
+        this.#options.metrics.handshakeRejected(reason)
         this.#options.log.warn(
           {
             listener: 'mqtts',
             remote,
-            reason: err instanceof UpstreamTimeoutError ? 'upstream_timeout' : 'upstream_refused',
+            reason,
             detail: err instanceof Error ? err.message : String(err),
           },
           'mqtts connection refused',
@@ -164,18 +200,17 @@ export class MqttsListener {
   ): void {
     const id = `${this.#idPrefix}-${(++this.#nextId).toString(36)}`
     const log = this.#options.log
-    const openedAt = Date.now()
     let initiator: 'client' | 'broker' | undefined
     let error: string | undefined
     let clientClosed = false
     let upstreamClosed = false
     let resolveClosed = (): void => undefined
-    const pipe: Pipe = {
-      id,
-      client,
-      closed: new Promise<void>((resolve) => (resolveClosed = resolve)),
-    }
+    const whenClosed = new Promise<void>((resolve) => (resolveClosed = resolve))
+    const cn = tlsDetails.clientCert?.subject
+    const identity = cn !== undefined && cn !== '' ? cn : (client.remoteAddress ?? 'unknown')
+    const pipe = new Pipe(id, client, upstream, identity, whenClosed)
     this.#open.add(pipe)
+    this.#options.metrics.connectionOpened('mqtts')
     log.info(
       { conn: id, listener: 'mqtts', remote, protocol: 'mqtts', broker, tls: tlsDetails },
       'connection opened',
@@ -183,6 +218,8 @@ export class MqttsListener {
 
     const finish = (): void => {
       if (!clientClosed || !upstreamClosed) return
+      // Same tick: the counts move from the live set to the closed totals together.
+      this.#options.metrics.connectionClosed(pipe)
       this.#open.delete(pipe)
       log.info(
         {
@@ -192,7 +229,7 @@ export class MqttsListener {
           broker,
           bytesToBroker: upstream.bytesWritten,
           bytesToClient: upstream.bytesRead,
-          durationMs: Date.now() - openedAt,
+          durationMs: Date.now() - pipe.openedAt,
           initiator: initiator ?? 'gateway',
           reason: error ?? 'closed',
         },
