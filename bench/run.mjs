@@ -24,7 +24,7 @@ import {
   treeCpuSeconds,
   waitForPort,
 } from './lib/proc.mjs'
-import { abSystem, SYSTEMS } from './lib/systems.mjs'
+import { abSystem, SYSTEMS, workersSystem } from './lib/systems.mjs'
 import { compareReport, report } from './lib/report.mjs'
 
 const HERE = path.dirname(fileURLToPath(import.meta.url))
@@ -41,6 +41,7 @@ const USAGE = `Usage: npm run bench -- [options]
   --drawbridge-env K=V extra env for the Drawbridge processes (repeatable)
   --ab DIST           also run "drawbridge-ws-ab" from another build's dist/ (A/B of a change)
   --ab-env K=V         extra env for drawbridge-ws-ab only (repeatable; A/B of a setting)
+  --workers 1,2        also run Drawbridge over ws as N node:cluster workers on one port
   --drawbridge-dist D  run the Drawbridge systems from another build's dist/ (e.g. a merge preview)
   --cpu-prof DIR       run Drawbridge with --cpu-prof, profiles written to DIR
   --scrape MS          scrape each Drawbridge's /metrics every MS during measurements, as
@@ -62,6 +63,7 @@ const { values: opts } = parseArgs({
     ab: { type: 'string' },
     'drawbridge-dist': { type: 'string' },
     'ab-env': { type: 'string', multiple: true },
+    workers: { type: 'string' },
     scrape: { type: 'string', default: '1000' },
     out: { type: 'string' },
     help: { type: 'boolean', short: 'h' },
@@ -506,9 +508,14 @@ async function main() {
     const ctx = { broker, certs, cert: certs.ecdsa, nodeFlags, drawbridgeEnv }
 
     const systems = []
-    const all = opts.ab
-      ? [...SYSTEMS, abSystem(path.resolve(opts.ab), envPairs(opts['ab-env']))]
-      : SYSTEMS
+    const all = [
+      ...SYSTEMS,
+      ...(opts.ab ? [abSystem(path.resolve(opts.ab), envPairs(opts['ab-env']))] : []),
+      ...(opts.workers ?? '')
+        .split(',')
+        .filter((n) => n !== '')
+        .map((n) => workersSystem(Number(n))),
+    ]
     for (const s of all) {
       if (wantedSystems && !wantedSystems.has(s.name)) continue
       const why = await s.available(ctx)

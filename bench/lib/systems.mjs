@@ -231,3 +231,27 @@ export function abSystem(dist, env = {}) {
     },
   }
 }
+
+/**
+ * Drawbridge over ws as `workers` node:cluster processes on one port (`--workers N`), to measure
+ * how it scales across cores. CPU is the whole process tree's, as for every system.
+ */
+export function workersSystem(workers, env = {}) {
+  const name = `drawbridge-ws-workers${workers}`
+  return {
+    name,
+    label: `Drawbridge, ws, ${workers} cluster workers`,
+    transport: 'ws',
+    available: async () =>
+      existsSync(cliPath()) ? undefined : 'dist/cli.js missing (run npm run build)',
+    start: async (ctx) => {
+      const p = await startProcess(
+        name,
+        process.execPath,
+        () => [`${ROOT}bench/cluster.mjs`, String(workers), cliPath()],
+        (port) => drawbridgeEnv(port, ctx.broker, undefined, { ...ctx.drawbridgeEnv, ...env }),
+      )
+      return { ...p, target: wsTarget('ws', p.port) }
+    },
+  }
+}
