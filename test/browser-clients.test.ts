@@ -6,8 +6,13 @@
 import t from 'tap'
 import { issueServerCert } from '../src/dev/certs.js'
 import { MOSQUITTO, startBroker } from './helpers/broker.js'
-import { connectInPage, startTestPageServer, type Library } from './helpers/browser-page.js'
-import { CHROMIUM, NO_CHROMIUM, consoleOf, launchChromium } from './helpers/chromium.js'
+import {
+  connectFailsInPage,
+  connectInPage,
+  startTestPageServer,
+  type Library,
+} from './helpers/browser-page.js'
+import { CHROMIUM, NO_CHROMIUM, launchChromium } from './helpers/chromium.js'
 import { startTestGateway, type TestGateway } from './helpers/gateway.js'
 import { mosquittoPub, mosquittoSub } from './helpers/mosquitto-clients.js'
 import { testPki, tlsEnv, writeServerFiles } from './helpers/pki.js'
@@ -120,14 +125,15 @@ if (CHROMIUM === undefined) {
       // Same files, another port: another origin to the browser.
       const elsewhere = await startTestPageServer(t)
       t.not(elsewhere.origin, site.origin)
-      const page = await browser.page(t)
-      const devtools = consoleOf(page)
-      await page.goto(elsewhere.origin)
-      await t.rejects(
-        connectInPage(page, 'mqttjs', gw.url, { version: 4 }),
-        /closed before CONNACK/,
-        'the page from the other origin never gets a CONNACK',
+      const { error, devtools } = await connectFailsInPage(
+        t,
+        browser,
+        elsewhere.origin,
+        'mqttjs',
+        gw.url,
+        { version: 4 },
       )
+      t.match(error, /closed before CONNACK/, 'the page from the other origin never gets a CONNACK')
       t.match(devtools.join('\n'), /Unexpected response code: 403/, 'the browser saw 403')
       const refused = await gw.waitForLog(
         (l) => l.msg === 'upgrade refused' && l.reason === 'origin',
@@ -148,14 +154,15 @@ if (CHROMIUM === undefined) {
     })
     writeFileSync(files.cert, stranger.cert)
     const gw = await startTestGateway(t, broker.port, tlsEnv(files, NO_CLIENT_CERTS))
-    const page = await browser.page(t)
-    const devtools = consoleOf(page)
-    await page.goto(site.origin)
-    await t.rejects(
-      connectInPage(page, 'mqttjs', gw.url, { version: 4 }),
-      /closed before CONNACK/,
-      'MQTT.js never gets a CONNACK',
+    const { error, devtools } = await connectFailsInPage(
+      t,
+      browser,
+      site.origin,
+      'mqttjs',
+      gw.url,
+      { version: 4 },
     )
+    t.match(error, /closed before CONNACK/, 'MQTT.js never gets a CONNACK')
     t.match(
       devtools.join('\n'),
       /WebSocket connection to 'wss:.*' failed: .*ERR_CERT_AUTHORITY_INVALID/,
@@ -179,11 +186,16 @@ if (CHROMIUM === undefined) {
         tlsEnv(writeServerFiles(t, pki), { DRAWBRIDGE_TLS_CLIENT_AUTH: 'optional' }),
       )
       t.equal(gw.config.tls.clientAuth, 'optional')
-      const page = await browser.page(t)
-      const devtools = consoleOf(page)
-      await page.goto(site.origin)
-      await t.rejects(
-        connectInPage(page, 'mqttjs', gw.url, { version: 4 }),
+      const { page, error, devtools } = await connectFailsInPage(
+        t,
+        browser,
+        site.origin,
+        'mqttjs',
+        gw.url,
+        { version: 4 },
+      )
+      t.match(
+        error,
         /closed before CONNACK/,
         'Chromium cancels a WebSocket asked for a client certificate it has not chosen',
       )
@@ -205,14 +217,15 @@ if (CHROMIUM === undefined) {
       ...tlsEnv(writeServerFiles(t, pki), NO_CLIENT_CERTS),
       DRAWBRIDGE_WS_SUBPROTOCOLS: 'mqtt',
     })
-    const page = await browser.page(t)
-    const devtools = consoleOf(page)
-    await page.goto(site.origin)
-    await t.rejects(
-      connectInPage(page, 'paho', gw.url, { version: 3 }),
-      /Paho connect failed/,
-      'Paho reports a failed connect',
+    const { page, error, devtools } = await connectFailsInPage(
+      t,
+      browser,
+      site.origin,
+      'paho',
+      gw.url,
+      { version: 3 },
     )
+    t.match(error, /Paho connect failed/, 'Paho reports a failed connect')
     const refused = await gw.waitForLog((l) => l.msg === 'upgrade refused')
     t.equal(refused.reason, 'subprotocol')
     t.equal(refused.status, 400)

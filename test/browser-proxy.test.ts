@@ -5,8 +5,8 @@
 import { setTimeout as sleep } from 'node:timers/promises'
 import t from 'tap'
 import { MOSQUITTO, freePort, startBroker } from './helpers/broker.js'
-import { connectInPage, startTestPageServer } from './helpers/browser-page.js'
-import { CHROMIUM, NO_CHROMIUM, consoleOf, launchChromium } from './helpers/chromium.js'
+import { connectFailsInPage, connectInPage, startTestPageServer } from './helpers/browser-page.js'
+import { CHROMIUM, NO_CHROMIUM, launchChromium } from './helpers/chromium.js'
 import { startTestGateway } from './helpers/gateway.js'
 import { mosquittoPub, mosquittoSub } from './helpers/mosquitto-clients.js'
 import { testPki, tlsEnv, writeServerFiles } from './helpers/pki.js'
@@ -78,14 +78,15 @@ if (CHROMIUM === undefined) {
     'squid tunnels only to 443 and listed ports: the gateway elsewhere is refused',
     async (t) => {
       const refused = await startTestGateway(t, broker.port, gatewayEnv(refusedPort, '25s'))
-      const page = await browser.page(t)
-      const devtools = consoleOf(page)
-      await page.goto(site.origin)
-      await t.rejects(
-        connectInPage(page, 'mqttjs', refused.url, { version: 4 }),
-        /closed before CONNACK/,
-        'the browser cannot connect',
+      const { error, devtools } = await connectFailsInPage(
+        t,
+        browser,
+        site.origin,
+        'mqttjs',
+        refused.url,
+        { version: 4 },
       )
+      t.match(error, /closed before CONNACK/, 'the browser cannot connect')
       const line = await squid.waitForAccess(
         new RegExp(`TCP_DENIED/403 \\d+ CONNECT 127\\.0\\.0\\.1:${refusedPort} `),
       )

@@ -2,6 +2,7 @@
 // typed handle on the API its clients.js puts on window (MQTT.js and Paho behind one interface).
 import type { Page } from 'playwright-core'
 import type { Teardown } from './broker.js'
+import { consoleOf, type Browser } from './chromium.js'
 import { CLIENT_BUNDLES, startStaticServer, type StaticServer } from './static-server.js'
 
 const fixture = (name: string): string =>
@@ -107,4 +108,38 @@ export async function connectInPage(
     state: () => page.evaluate((id) => (globalThis as unknown as PageApi).drawbridge.state(id), id),
     end: () => page.evaluate((id) => (globalThis as unknown as PageApi).drawbridge.end(id), id),
   }
+}
+
+export interface FailedConnect {
+  /** The page, still open on `origin`, for what the test does next. */
+  page: Page
+  /** The connect's error message; undefined if it connected after all. */
+  error: string | undefined
+  /** What the page prints to its console, kept up to date (where Chromium says why). */
+  devtools: string[]
+}
+
+/**
+ * Opens a new page on `origin` and connects `library` to `url` where that is expected to fail:
+ * the error and what DevTools printed, for the test to assert on.
+ */
+export async function connectFailsInPage(
+  t: Teardown,
+  browser: Browser,
+  origin: string,
+  library: Library,
+  url: string,
+  options: ConnectOptions,
+): Promise<FailedConnect> {
+  const page = await browser.page(t)
+  const devtools = consoleOf(page)
+  await page.goto(origin)
+  let error: string | undefined
+  try {
+    const client = await connectInPage(page, library, url, options)
+    await client.end()
+  } catch (err) {
+    error = err instanceof Error ? err.message : String(err)
+  }
+  return { page, error, devtools }
 }
