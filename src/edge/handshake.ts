@@ -9,8 +9,8 @@ export interface HandshakePolicy {
   /** Accepted subprotocols. */
   subprotocols: ReadonlySet<string>
   requireSubprotocol: boolean
-  /** Lower-cased origin patterns (config format origin-list); empty allows any origin. */
-  allowedOrigins: readonly string[]
+  /** ws.allowedOrigins as compileOrigins() gives them; empty allows any origin. */
+  allowedOrigins: readonly OriginRule[]
   /** Refuse upgrades without an Origin header. */
   requireOrigin: boolean
 }
@@ -111,27 +111,52 @@ export function validateUpgrade(req: IncomingMessage, policy: HandshakePolicy): 
 
 const ORIGIN_PATTERN = /^(https?):\/\/([^/:]+|\[[^\]]+\])(?::(\d+))?$/
 
+interface OriginParts {
+  scheme: string
+  host: string
+  /** Absent when the origin uses its scheme's default port (browsers leave it out). */
+  port: string | undefined
+}
+
+/** One entry of ws.allowedOrigins, split once at start-up: `*.` becomes `anySubdomain`. */
+export type OriginRule = 'null' | (OriginParts & { anySubdomain: boolean })
+
+function splitOrigin(text: string): OriginParts | undefined {
+  const match = ORIGIN_PATTERN.exec(text.trim().toLowerCase())
+  if (!match) return undefined
+  return { scheme: match[1] ?? '', host: match[2] ?? '', port: match[3] }
+}
+
+/** The rules for `patterns` (config format origin-list); an entry that does not parse is dropped. */
+export function compileOrigins(patterns: readonly string[]): OriginRule[] {
+  return patterns.flatMap((pattern): OriginRule[] => {
+    if (pattern.trim().toLowerCase() === 'null') return ['null']
+    const parts = splitOrigin(pattern)
+    if (parts === undefined) return []
+    const anySubdomain = parts.host.startsWith('*.')
+    // A subdomain rule keeps the host with its leading dot: a suffix to compare against.
+    return [{ ...parts, host: anySubdomain ? parts.host.slice(1) : parts.host, anySubdomain }]
+  })
+}
+
 /**
- * Whether a browser's Origin header matches one of the patterns: the same scheme, host and port
+ * Whether a browser's Origin header matches one of the rules: the same scheme, host and port
  * (browsers omit the scheme's default port, and so do the patterns), where a pattern host
  * `*.example.com` stands for any subdomain of example.com but not example.com itself. Matching
  * is on the parsed parts, never a substring, so `https://example.com.evil.net` matches nothing.
  */
-export function originAllowed(origin: string, patterns: readonly string[]): boolean {
-  if (patterns.length === 0) return true
-  const value = origin.trim().toLowerCase()
-  if (value === 'null') return patterns.includes('null')
-  const asked = ORIGIN_PATTERN.exec(value)
-  if (!asked) return false
-  const [, scheme, host = '', port] = asked
-  for (const pattern of patterns) {
-    const allowed = ORIGIN_PATTERN.exec(pattern)
-    if (!allowed || allowed[1] !== scheme || allowed[3] !== port) continue
-    const allowedHost = allowed[2] ?? ''
-    if (allowedHost === host) return true
-    if (allowedHost.startsWith('*.') && host.endsWith(allowedHost.slice(1))) return true
-  }
-  return false
+export function originAllowed(origin: string, rules: readonly OriginRule[]): boolean {
+  if (rules.length === 0) return true
+  if (origin.trim().toLowerCase() === 'null') return rules.includes('null')
+  const asked = splitOrigin(origin)
+  if (asked === undefined) return false
+  return rules.some(
+    (rule) =>
+      rule !== 'null' &&
+      rule.scheme === asked.scheme &&
+      rule.port === asked.port &&
+      (rule.anySubdomain ? asked.host.endsWith(rule.host) : rule.host === asked.host),
+  )
 }
 
 /**
@@ -140,9 +165,9 @@ export function originAllowed(origin: string, patterns: readonly string[]): bool
  */
 export function sameOrigin(origin: string, host: string | undefined): boolean {
   if (host === undefined) return false
-  const parsed = ORIGIN_PATTERN.exec(origin.trim().toLowerCase())
-  if (!parsed) return false
-  const authority = parsed[3] === undefined ? parsed[2] : `${parsed[2]}:${parsed[3]}`
+  const parts = splitOrigin(origin)
+  if (parts === undefined) return false
+  const authority = parts.port === undefined ? parts.host : `${parts.host}:${parts.port}`
   return authority === host.trim().toLowerCase()
 }
 

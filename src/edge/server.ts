@@ -21,6 +21,7 @@ import type { Logger } from '../log.js'
 import type { Metrics } from '../metrics.js'
 import { connectUpstream, type Upstream } from '../upstream/connector.js'
 import {
+  compileOrigins,
   pickSubprotocol,
   requestPath,
   validateUpgrade,
@@ -79,7 +80,7 @@ export class EdgeServer {
       path: ws.path,
       subprotocols: new Set(ws.subprotocols),
       requireSubprotocol: ws.requireSubprotocol,
-      allowedOrigins: ws.allowedOrigins.map((origin) => origin.trim().toLowerCase()),
+      allowedOrigins: compileOrigins(ws.allowedOrigins),
       requireOrigin: ws.requireOrigin,
     }
     this.#clientAddresses = new ClientAddressResolver(options.config.http.trustedProxies)
