@@ -6,7 +6,8 @@
 // The chain of addresses is read from the right (nearest hop first) and the first address that
 // is not itself a trusted proxy is the client, so entries a client prepends are never reached.
 import type { IncomingHttpHeaders } from 'node:http'
-import { BlockList, isIP } from 'node:net'
+import { BlockList, isIP, type Socket } from 'node:net'
+import type { Duplex } from 'node:stream'
 import { parseCidr } from '../config/formats.js'
 
 export interface ClientAddress {
@@ -14,6 +15,14 @@ export interface ClientAddress {
   address: string
   /** Which header it came from, or 'peer' when it is the TCP peer itself. */
   source: 'peer' | 'forwarded' | 'x-forwarded-for' | 'x-real-ip'
+}
+
+/** The TCP peer of `socket` as logs show it: `203.0.113.7:51234`, `[2001:db8::7]:51234`. */
+export function peerAddress(socket: Duplex | undefined): string {
+  const { remoteAddress, remotePort } = (socket ?? {}) as Partial<Socket>
+  if (remoteAddress === undefined) return 'unknown'
+  const host = remoteAddress.includes(':') ? `[${remoteAddress}]` : remoteAddress
+  return `${host}:${remotePort}`
 }
 
 export class ClientAddressResolver {

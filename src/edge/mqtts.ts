@@ -15,6 +15,7 @@ import { ListenError, UpstreamTimeoutError } from '../errors.js'
 import type { Logger } from '../log.js'
 import type { FinishedConnection, Metrics } from '../metrics.js'
 import { connectUpstream } from '../upstream/connector.js'
+import { peerAddress } from './client-address.js'
 import type { TlsManager } from './tls.js'
 
 // How long one side may stay half-open after the other closed before it is destroyed.
@@ -136,7 +137,7 @@ export class MqttsListener {
       client.destroy()
       return
     }
-    const remote = remoteOf(client)
+    const remote = peerAddress(client)
     if (this.#closing || this.#open.size + this.#pending >= this.#options.maxConnections) {
       const reason = this.#closing ? 'shutting_down' : 'capacity'
       this.#options.metrics.handshakeRejected(reason)
@@ -267,12 +268,4 @@ export class MqttsListener {
     })
     client.resume()
   }
-}
-
-function remoteOf(socket: tls.TLSSocket): string {
-  const address = socket.remoteAddress
-  if (address === undefined) return 'unknown'
-  return address.includes(':')
-    ? `[${address}]:${socket.remotePort}`
-    : `${address}:${socket.remotePort}`
 }

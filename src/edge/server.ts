@@ -30,7 +30,7 @@ import {
 } from './handshake.js'
 import { Diagnostics } from './diagnostics.js'
 import { writeRefusal } from './refuse.js'
-import { ClientAddressResolver } from './client-address.js'
+import { ClientAddressResolver, peerAddress } from './client-address.js'
 import type { TlsManager } from './tls.js'
 
 export interface EdgeOptions {
@@ -405,7 +405,7 @@ export class EdgeServer {
     if (req) this.#diagnostics?.recordRefusal(req, refusal)
     this.#log.warn(
       {
-        remote: req ? remoteOf(req) : remoteOfSocket(socket),
+        remote: req ? remoteOf(req) : peerAddress(socket),
         ...(req && this.#forwardedClient(req)),
         path: req?.url,
         status: refusal.status,
@@ -439,12 +439,5 @@ export class EdgeServer {
 }
 
 function remoteOf(req: http.IncomingMessage): string {
-  return remoteOfSocket(req.socket)
-}
-
-function remoteOfSocket(socket: Duplex | undefined): string {
-  const s = socket as Socket | undefined
-  const address = s?.remoteAddress
-  if (address === undefined) return 'unknown'
-  return address.includes(':') ? `[${address}]:${s?.remotePort}` : `${address}:${s?.remotePort}`
+  return peerAddress(req.socket)
 }

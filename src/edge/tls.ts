@@ -16,6 +16,7 @@ import type { ClientAuth, TlsConfig } from '../config/schema.js'
 import { parsePemCerts } from '../dev/certs.js'
 import { TlsMaterialError } from '../errors.js'
 import type { Logger } from '../log.js'
+import { peerAddress } from './client-address.js'
 
 const DAY_MS = 86_400_000
 
@@ -345,7 +346,7 @@ export class TlsManager {
         this.#log.warn(
           {
             listener,
-            remote: remoteOf(socket),
+            remote: peerAddress(socket),
             reason: verdict.reason,
             detail: verdict.detail,
             clientAuth: this.#settings.clientAuth,
@@ -359,7 +360,7 @@ export class TlsManager {
     server.on('tlsClientError', (err: NodeJS.ErrnoException, socket: tls.TLSSocket) => {
       const reason = handshakeFailureReason(err)
       this.#log.warn(
-        { listener, remote: remoteOf(socket), reason, detail: err.code ?? err.message },
+        { listener, remote: peerAddress(socket), reason, detail: err.code ?? err.message },
         'TLS handshake failed',
       )
       this.#emit({ type: 'handshake_failed', listener, reason })
@@ -493,12 +494,4 @@ function watchedDirs(settings: TlsConfig): string[] {
     }
   }
   return [...dirs].sort()
-}
-
-function remoteOf(socket: tls.TLSSocket): string {
-  const address = socket.remoteAddress
-  if (address === undefined) return 'unknown'
-  return address.includes(':')
-    ? `[${address}]:${socket.remotePort}`
-    : `${address}:${socket.remotePort}`
 }
