@@ -163,9 +163,7 @@ export class Connection {
    * every connection). A verified TLS client certificate's CN takes precedence.
    */
   get clientIdentity(): string {
-    const cn = this.tls?.clientCert?.subject
-    if (cn !== undefined && cn !== '') return cn
-    return this.clientAddress
+    return clientIdentityOf(this.tls, this.clientAddress)
   }
 
   /** Resolves once both sides are closed and the close has been logged. */
@@ -392,6 +390,12 @@ export class Connection {
     for (const resolve of this.#closeWaiters ?? []) resolve()
     this.#closeWaiters = undefined
   }
+}
+
+/** A verified client certificate's CN when there is one, else the client's IP address. */
+export function clientIdentityOf(tls: ConnectionTls | undefined, clientAddress: string): string {
+  const cn = tls?.clientCert?.subject
+  return cn !== undefined && cn !== '' ? cn : clientAddress
 }
 
 function ownerOf(emitter: WebSocket | Socket): Connection {

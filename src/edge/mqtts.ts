@@ -10,6 +10,7 @@
 import { randomBytes } from 'node:crypto'
 import type { AddressInfo, Socket } from 'node:net'
 import tls from 'node:tls'
+import { clientIdentityOf } from '../bridge/bridge.js'
 import type { HostPort } from '../config/formats.js'
 import { ListenError, UpstreamTimeoutError } from '../errors.js'
 import type { Logger } from '../log.js'
@@ -207,8 +208,7 @@ export class MqttsListener {
     let upstreamClosed = false
     let resolveClosed = (): void => undefined
     const whenClosed = new Promise<void>((resolve) => (resolveClosed = resolve))
-    const cn = tlsDetails.clientCert?.subject
-    const identity = cn !== undefined && cn !== '' ? cn : (client.remoteAddress ?? 'unknown')
+    const identity = clientIdentityOf(tlsDetails, client.remoteAddress ?? 'unknown')
     const pipe = new Pipe(id, client, upstream, identity, whenClosed)
     this.#open.add(pipe)
     this.#options.metrics.connectionOpened('mqtts')
