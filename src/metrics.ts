@@ -20,7 +20,7 @@ import {
 } from 'prom-client'
 import type { Initiator } from './bridge/close-codes.js'
 import type { RefusalReason } from './edge/handshake.js'
-import type { ConnectFailureReason } from './upstream/connector.js'
+import type { ConnectAttempt, ConnectFailureReason } from './upstream/connector.js'
 
 export const METRIC_PREFIX = 'drawbridge_'
 
@@ -373,12 +373,10 @@ export class Metrics {
     this.#handshakeRejections.inc({ reason })
   }
 
-  upstreamConnected(seconds: number): void {
-    this.#upstreamConnectDuration.observe(seconds)
-  }
-
-  upstreamError(reason: UpstreamErrorReason): void {
-    this.#upstreamErrors.inc({ reason })
+  /** One broker connect attempt: its latency when it succeeded, its reason when it failed. */
+  upstreamAttempt(attempt: ConnectAttempt): void {
+    if (attempt.ok) this.#upstreamConnectDuration.observe(attempt.seconds)
+    else this.#upstreamErrors.inc({ reason: attempt.reason })
   }
 
   // TLS (issue 4) reports through these three; the names and labels are fixed here.

@@ -165,10 +165,7 @@ export class MqttsListener {
         brokers: this.#options.brokers,
         connectTimeout: this.#options.connectTimeout,
         signal: abort.signal,
-        onAttempt: (attempt) => {
-          if (attempt.ok) this.#options.metrics.upstreamConnected(attempt.seconds)
-          else this.#options.metrics.upstreamError(attempt.reason)
-        },
+        onAttempt: (attempt) => this.#options.metrics.upstreamAttempt(attempt),
       })
     } catch (err) {
       if (!abort.signal.aborted) {

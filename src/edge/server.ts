@@ -315,10 +315,7 @@ export class EdgeServer {
         brokers: this.#brokers,
         connectTimeout: this.#config.upstream.connectTimeout,
         signal: abort.signal,
-        onAttempt: (attempt) => {
-          if (attempt.ok) this.#metrics.upstreamConnected(attempt.seconds)
-          else this.#metrics.upstreamError(attempt.reason)
-        },
+        onAttempt: (attempt) => this.#metrics.upstreamAttempt(attempt),
       })
     } catch (err) {
       if (abort.signal.aborted) {
