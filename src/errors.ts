@@ -1,5 +1,6 @@
 // Errors with stable codes (the README's "Error codes" table lists each one; a test keeps the
-// two in step). Messages are sentences an operator can act on.
+// two in step). Messages are sentences an operator can act on. ERROR_CODES is read off the
+// classes below, so a new class is listed (and must be documented) by being declared.
 
 export class DrawbridgeError extends Error {
   readonly code: string
@@ -13,41 +14,63 @@ export class DrawbridgeError extends Error {
 
 /** A configuration value is missing or invalid; `key` is the dotted path. Exit code 2. */
 export class ConfigError extends DrawbridgeError {
+  static readonly code = 'DRAWBRIDGE_ERR_CONFIG'
   readonly key: string
   readonly reason: string
 
   constructor(key: string, reason: string) {
-    super('DRAWBRIDGE_ERR_CONFIG', `${key}: ${reason}`)
+    super(ConfigError.code, `${key}: ${reason}`)
     this.key = key
     this.reason = reason
   }
 }
 
+/**
+ * No broker could be reached for a client. Each subclass carries the HTTP status its upgrade is
+ * answered with and the reason label it is counted under.
+ */
+export abstract class UpstreamError extends DrawbridgeError {
+  abstract readonly status: 502 | 504
+  abstract readonly reason: 'upstream_refused' | 'upstream_timeout'
+}
+
 /** No broker accepted the TCP connection (refused, unreachable, reset). Answered 502. */
-export class UpstreamRefusedError extends DrawbridgeError {
+export class UpstreamRefusedError extends UpstreamError {
+  static readonly code = 'DRAWBRIDGE_ERR_UPSTREAM_REFUSED'
+  readonly status = 502
+  readonly reason = 'upstream_refused'
+
   constructor(message: string, options?: ErrorOptions) {
-    super('DRAWBRIDGE_ERR_UPSTREAM_REFUSED', message, options)
+    super(UpstreamRefusedError.code, message, options)
   }
 }
 
 /** A broker did not accept the TCP connection within upstream.connectTimeout. Answered 504. */
-export class UpstreamTimeoutError extends DrawbridgeError {
+export class UpstreamTimeoutError extends UpstreamError {
+  static readonly code = 'DRAWBRIDGE_ERR_UPSTREAM_TIMEOUT'
+  readonly status = 504
+  readonly reason = 'upstream_timeout'
+
   constructor(message: string) {
-    super('DRAWBRIDGE_ERR_UPSTREAM_TIMEOUT', message)
+    super(UpstreamTimeoutError.code, message)
   }
 }
 
 /** The embedded development broker could not start (port taken, aedes not installed). */
 export class EmbeddedBrokerError extends DrawbridgeError {
+  static readonly code = 'DRAWBRIDGE_ERR_EMBEDDED_BROKER'
+
   constructor(message: string, options?: ErrorOptions) {
-    super('DRAWBRIDGE_ERR_EMBEDDED_BROKER', message, options)
+    super(EmbeddedBrokerError.code, message, options)
   }
 }
 
-/** The public listener could not bind (port in use, permission denied for ports < 1024). */
+/** A listener could not bind (port in use, permission denied for ports < 1024). */
 export class ListenError extends DrawbridgeError {
+  static readonly code = 'DRAWBRIDGE_ERR_LISTEN'
+
   constructor(message: string, options?: ErrorOptions) {
-    super('DRAWBRIDGE_ERR_LISTEN', message, options)
+    super(ListenError.code, message, options)
   }
 }
 
@@ -57,20 +80,24 @@ export class ListenError extends DrawbridgeError {
  * start-up (exit 1); on a reload the old material stays in use.
  */
 export class TlsMaterialError extends DrawbridgeError {
+  static readonly code = 'DRAWBRIDGE_ERR_TLS_MATERIAL'
   /** A short label for logs and counters: unreadable, parse, key_mismatch, expired, ... */
   readonly reason: string
 
   constructor(message: string, options?: ErrorOptions & { reason?: string }) {
-    super('DRAWBRIDGE_ERR_TLS_MATERIAL', message, options)
+    super(TlsMaterialError.code, message, options)
     this.reason = options?.reason ?? 'invalid'
   }
 }
 
-export const ERROR_CODES = [
-  'DRAWBRIDGE_ERR_CONFIG',
-  'DRAWBRIDGE_ERR_UPSTREAM_REFUSED',
-  'DRAWBRIDGE_ERR_UPSTREAM_TIMEOUT',
-  'DRAWBRIDGE_ERR_EMBEDDED_BROKER',
-  'DRAWBRIDGE_ERR_LISTEN',
-  'DRAWBRIDGE_ERR_TLS_MATERIAL',
+/** Every concrete error class, in the README table's order. */
+export const ERROR_CLASSES = [
+  ConfigError,
+  UpstreamRefusedError,
+  UpstreamTimeoutError,
+  EmbeddedBrokerError,
+  ListenError,
+  TlsMaterialError,
 ] as const
+
+export const ERROR_CODES: readonly string[] = ERROR_CLASSES.map((error) => error.code)

@@ -6,6 +6,7 @@
 import type { AddressInfo } from 'node:net'
 import { Readiness } from './admin/readiness.js'
 import { AdminServer } from './admin/server.js'
+import { ConnectionRegistry } from './bridge/registry.js'
 import { parseHostPort, type HostPort } from './config/formats.js'
 import type { Config } from './config/schema.js'
 import type { EmbeddedBroker } from './dev/broker.js'
@@ -14,6 +15,7 @@ import { EdgeServer } from './edge/server.js'
 import { TlsManager, type ReloadResult, type TlsEvent, type TlsEventHook } from './edge/tls.js'
 import type { Logger } from './log.js'
 import { createMetrics, type Metrics } from './metrics.js'
+import { BrokerConnector } from './upstream/connector.js'
 import { packageVersion } from './version.js'
 
 export interface GatewayDeps {
@@ -27,9 +29,14 @@ export interface GatewayDeps {
 export interface Gateway {
   /** Address of the public WebSocket listener. */
   address: AddressInfo
+  /** The URL a client connects to, as the start-up log says it: wss://localhost:8443/mqtt. */
+  url: string
   /** The broker addresses bridged to (the embedded one's real port when it listens on 0). */
   brokers: readonly HostPort[]
-  edge: EdgeServer
+  /** The open connections of every listener (WebSocket and mqtts). */
+  connections: ConnectionRegistry
+  /** Broker sockets opened for clients that are still open (0 once every client is gone). */
+  readonly brokerSocketsOpen: number
   metrics: Metrics
   readiness: Readiness
   /** Address of the admin listener; undefined when admin.enabled is false. */
@@ -101,7 +108,23 @@ export async function startGateway(config: Config, deps: GatewayDeps): Promise<G
     )
   }
 
-  const edge = new EdgeServer({ config, brokers, log, metrics, tls })
+  const connections = new ConnectionRegistry()
+  const connector = new BrokerConnector({
+    brokers,
+    connectTimeout: config.upstream.connectTimeout,
+    onAttempt: (attempt) => metrics.upstreamAttempt(attempt),
+  })
+  const edge = new EdgeServer({
+    listen: config.listen,
+    ws: config.ws,
+    http: config.http,
+    limits: config.limits,
+    connections,
+    connector,
+    log,
+    metrics,
+    tls,
+  })
   const readiness = new Readiness({
     brokers,
     connectTimeout: config.upstream.connectTimeout,
@@ -120,9 +143,10 @@ export async function startGateway(config: Config, deps: GatewayDeps): Promise<G
       mqtts = new MqttsListener({
         host: config.listen.host,
         port: config.tcp.port,
-        brokers,
-        connectTimeout: config.upstream.connectTimeout,
         maxConnections: config.limits.maxConnections,
+        highWaterMark: config.limits.highWaterMark,
+        connections,
+        connector,
         tls,
         log,
         metrics,
@@ -146,7 +170,7 @@ export async function startGateway(config: Config, deps: GatewayDeps): Promise<G
       log,
       metrics,
       readiness,
-      connections: edge.connections,
+      connections,
     })
     try {
       adminAddress = await admin.listen()
@@ -158,8 +182,10 @@ export async function startGateway(config: Config, deps: GatewayDeps): Promise<G
     }
     readiness.start()
   }
+  const url = clientUrl(edge.scheme, config.listen.host, address.port, config.ws.path)
   log.info(
     {
+      url,
       listen: `${address.address}:${address.port}`,
       scheme: edge.scheme,
       path: config.ws.path,
@@ -167,14 +193,18 @@ export async function startGateway(config: Config, deps: GatewayDeps): Promise<G
       ...(adminAddress && { admin: `${adminAddress.address}:${adminAddress.port}` }),
       brokers: brokers.map((b) => `${b.host}:${b.port}`),
     },
-    'gateway listening',
+    `gateway listening on ${url}`,
   )
 
   let closing: Promise<void> | undefined
   return {
     address,
+    url,
     brokers,
-    edge,
+    connections,
+    get brokerSocketsOpen() {
+      return connector.openSockets
+    },
     metrics,
     readiness,
     adminAddress,
@@ -202,6 +232,16 @@ export async function startGateway(config: Config, deps: GatewayDeps): Promise<G
       return closing
     },
   }
+}
+
+/**
+ * The URL to paste into a client. A wildcard or loopback bind is reached as localhost (the name
+ * the development certificate is issued for); any other host is named as configured.
+ */
+export function clientUrl(scheme: string, host: string, port: number, path: string): string {
+  const local = ['0.0.0.0', '::', '127.0.0.1', '::1', 'localhost'].includes(host)
+  const name = local ? 'localhost' : host.includes(':') ? `[${host}]` : host
+  return `${scheme}://${name}:${port}${path}`
 }
 
 /** Counts a TLS event; a successful reload also refreshes the expiry gauge. */

@@ -19,7 +19,7 @@ import {
   type PrometheusContentType,
 } from 'prom-client'
 import type { Initiator } from './bridge/close-codes.js'
-import type { RefusalReason } from './edge/handshake.js'
+import { REFUSAL_REASONS, type RefusalReason } from './edge/refusals.js'
 import type { ConnectAttempt, ConnectFailureReason } from './upstream/connector.js'
 
 export const METRIC_PREFIX = 'drawbridge_'
@@ -61,24 +61,6 @@ const UPSTREAM_ERROR_REASONS = [
   'other',
 ] as const satisfies readonly UpstreamErrorReason[]
 
-// Every refusal the handshake knows, so each reason has a series from the first scrape (a rate()
-// over a series that appears only with its first increment misses that increment). A Record
-// keyed by the union fails the build when handshake.ts gains a reason that is missing here.
-const REFUSAL_REASONS = Object.keys({
-  path: true,
-  method: true,
-  malformed: true,
-  not_websocket: true,
-  subprotocol: true,
-  capacity: true,
-  shutting_down: true,
-  upstream_refused: true,
-  upstream_timeout: true,
-  handshake_timeout: true,
-  client_cert: true,
-  origin: true,
-} satisfies Record<RefusalReason, true>) as RefusalReason[]
-
 /** The plain-number counters a live connection keeps; read at scrape time only. */
 export interface ConnectionCounters {
   readonly listener: string
@@ -96,7 +78,7 @@ export interface ConnectionCounters {
 /** A finished connection: its final counters and how it ended. */
 export interface FinishedConnection extends ConnectionCounters {
   readonly pingTimedOut: boolean
-  readonly closed: { readonly code: number; readonly initiator: Initiator } | undefined
+  readonly closed: { readonly code: number | undefined; readonly initiator: Initiator } | undefined
 }
 
 export interface MetricsOptions {
@@ -362,7 +344,8 @@ export class Metrics {
     this.#connectionDuration.observe((Date.now() - connection.openedAt) / 1000)
     if (connection.closed !== undefined) {
       this.#closes.inc({
-        code: String(connection.closed.code),
+        // mqtts has no close codes: its closes are counted under code "none".
+        code: String(connection.closed.code ?? 'none'),
         initiator: connection.closed.initiator,
       })
     }

@@ -189,7 +189,7 @@ t.test(
         }
       }
     }
-    t.equal(gw.gateway.edge.connections.size, 1, 'no unauthorised DELETE closed anything')
+    t.equal(gw.gateway.connections.size, 1, 'no unauthorised DELETE closed anything')
 
     const auth = { Authorization: `Bearer ${token}` }
     t.equal((await adminGet(gw.adminUrl, '/metrics', { headers: auth })).status, 200)

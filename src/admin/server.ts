@@ -7,9 +7,9 @@
 //   DELETE /connections/{id}   close it with 1008 and a reason, logged           token
 import http from 'node:http'
 import type { AddressInfo } from 'node:net'
-import type { Connection } from '../bridge/bridge.js'
+import type { Connection } from '../bridge/connection.js'
 import { CloseCode, CloseReason } from '../bridge/close-codes.js'
-import { ListenError } from '../errors.js'
+import { listen } from '../listen.js'
 import type { Logger } from '../log.js'
 import type { Metrics } from '../metrics.js'
 import { bearerMatches } from './auth.js'
@@ -52,30 +52,17 @@ export class AdminServer {
     })
   }
 
-  listen(): Promise<AddressInfo> {
+  async listen(): Promise<AddressInfo> {
     const { host, port, token, log } = this.#options
-    return new Promise((resolve, reject) => {
-      const onError = (err: NodeJS.ErrnoException): void => {
-        reject(
-          new ListenError(`admin listener cannot listen on ${host}:${port}: ${err.code}`, {
-            cause: err,
-          }),
-        )
-      }
-      this.#server.once('error', onError)
-      this.#server.listen(port, host, () => {
-        this.#server.removeListener('error', onError)
-        const address = this.#server.address() as AddressInfo
-        log.info({ admin: `${address.address}:${address.port}` }, 'admin listening')
-        if (token === '' && !isLoopback(address.address)) {
-          log.warn(
-            { admin: address.address },
-            'admin listener is reachable beyond loopback without admin.token: anyone who can reach it can list and close connections',
-          )
-        }
-        resolve(address)
-      })
-    })
+    const address = await listen(this.#server, 'admin', host, port)
+    log.info({ admin: `${address.address}:${address.port}` }, 'admin listening')
+    if (token === '' && !isLoopback(address.address)) {
+      log.warn(
+        { admin: address.address },
+        'admin listener is reachable beyond loopback without admin.token: anyone who can reach it can list and close connections',
+      )
+    }
+    return address
   }
 
   close(): Promise<void> {

@@ -1,11 +1,14 @@
-// Every WebSocket close code Drawbridge sends, with the reason text that goes with it
-// (RFC 6455 section 7.4.1). The README's "Close codes" table lists each; a test keeps them in step.
+// Every WebSocket close code Drawbridge sends or logs, with the reason text that goes with it
+// (RFC 6455 section 7.4.1). The README's "Close codes" table lists each; a test keeps them in
+// step, and Connection.close() takes only these values, so no other code can be sent.
 
 export const CloseCode = {
   /** The broker ended the TCP connection (after an MQTT DISCONNECT or on its own). */
   NORMAL: 1000,
   /** The gateway is shutting down (SIGTERM/SIGINT). */
   GOING_AWAY: 1001,
+  /** The client broke the WebSocket protocol (ws's reason names how: bad opcode, unmasked...). */
+  PROTOCOL_ERROR: 1002,
   /** A text frame arrived: MQTT packets travel in binary frames only [MQTT-6.0.0-1]. */
   UNSUPPORTED_DATA: 1003,
   /** An operator closed the connection, or a policy forbids it. */
@@ -14,6 +17,11 @@ export const CloseCode = {
   MESSAGE_TOO_BIG: 1009,
   /** The broker connection failed (reset, error). */
   INTERNAL_ERROR: 1011,
+  /**
+   * Never sent (RFC 6455 7.4.1 forbids it on the wire): logged and counted when a connection was
+   * cut without a close frame (no pong in time, shutdown grace over, the client vanished).
+   */
+  ABNORMAL: 1006,
 } as const
 
 export type CloseCodeValue = (typeof CloseCode)[keyof typeof CloseCode]

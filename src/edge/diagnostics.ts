@@ -14,7 +14,8 @@ import type http from 'node:http'
 import { TLSSocket } from 'node:tls'
 import type { Config } from '../config/schema.js'
 import { packageVersion } from '../version.js'
-import { requestPath, type Refusal } from './handshake.js'
+import { requestPath } from './handshake.js'
+import type { Refusal } from './refusals.js'
 import type { TlsManager } from './tls.js'
 
 /** Headers that only a proxy adds. Inside TLS, only one that decrypted the traffic can add them. */
@@ -41,7 +42,8 @@ interface Asset {
 }
 
 export interface DiagnosticsOptions {
-  config: Config
+  /** The WebSocket settings the report shows. */
+  ws: Config['ws']
   tls: TlsManager | undefined
   /** The client's address as the gateway reports it everywhere else (logs, /connections). */
   clientAddress: (req: http.IncomingMessage) => string
@@ -136,7 +138,7 @@ export class Diagnostics {
 
   /** What GET /diagnostics.json answers for `req`. */
   report(req: http.IncomingMessage): DiagnosticsReport {
-    const ws = this.#options.config.ws
+    const ws = this.#options.ws
     const forwardingHeaders: Record<string, string> = {}
     for (const name of FORWARDING_HEADERS) {
       const value = req.headers[name]

@@ -3,6 +3,7 @@
 // cover every branch without sockets. Checks run in a fixed order, each with its own status,
 // following ws's lib/websocket-server.js handleUpgrade() (RFC 6455 section 4.2.1).
 import type { IncomingMessage } from 'node:http'
+import { Refusals, type Refusal } from './refusals.js'
 
 export interface HandshakePolicy {
   path: string
@@ -13,31 +14,6 @@ export interface HandshakePolicy {
   allowedOrigins: readonly OriginRule[]
   /** Refuse upgrades without an Origin header. */
   requireOrigin: boolean
-}
-
-/** Why an upgrade was refused; also the `reason` label of the rejection metric. */
-export type RefusalReason =
-  | 'path'
-  | 'method'
-  | 'malformed'
-  | 'not_websocket'
-  | 'subprotocol'
-  | 'capacity'
-  | 'shutting_down'
-  | 'upstream_refused'
-  | 'upstream_timeout'
-  | 'handshake_timeout'
-  /** The TLS client certificate was refused (the TLS layer logs the precise reason). */
-  | 'client_cert'
-  /** The browser's Origin is not in ws.allowedOrigins, or it is missing under ws.requireOrigin. */
-  | 'origin'
-
-export interface Refusal {
-  status: number
-  reason: RefusalReason
-  /** Short text for the response body and the log line. */
-  message: string
-  headers?: Record<string, string>
 }
 
 export type HandshakeDecision =
@@ -64,47 +40,29 @@ export function requestPath(url: string | undefined): string {
 }
 
 export function validateUpgrade(req: IncomingMessage, policy: HandshakePolicy): HandshakeDecision {
-  if (requestPath(req.url) !== policy.path) {
-    return refuse(404, 'path', `no WebSocket endpoint here; use ${policy.path}`)
-  }
-  if (req.method !== 'GET') {
-    return refuse(405, 'method', 'WebSocket upgrades must use GET', { Allow: 'GET' })
-  }
-  if (req.headers.upgrade?.toLowerCase() !== 'websocket') {
-    return refuse(400, 'malformed', 'invalid Upgrade header: expected "websocket"')
-  }
+  if (requestPath(req.url) !== policy.path) return refuse(Refusals.wrongPath(policy.path))
+  if (req.method !== 'GET') return refuse(Refusals.method())
+  if (req.headers.upgrade?.toLowerCase() !== 'websocket') return refuse(Refusals.badUpgradeHeader())
   const key = req.headers['sec-websocket-key']
-  if (key === undefined || !KEY_PATTERN.test(key)) {
-    return refuse(400, 'malformed', 'missing or invalid Sec-WebSocket-Key header')
-  }
+  if (key === undefined || !KEY_PATTERN.test(key)) return refuse(Refusals.badKey())
   const version = req.headers['sec-websocket-version']
-  if (version !== '13' && version !== '8') {
-    return refuse(400, 'malformed', 'missing or invalid Sec-WebSocket-Version header', {
-      'Sec-WebSocket-Version': '13, 8',
-    })
-  }
+  if (version !== '13' && version !== '8') return refuse(Refusals.badVersion())
   // After the WebSocket checks, so a plain malformed request is still reported as malformed.
   const origin = req.headers.origin
   if (origin === undefined) {
-    if (policy.requireOrigin) {
-      return refuse(403, 'origin', 'an Origin header is required here (ws.requireOrigin)')
-    }
+    if (policy.requireOrigin) return refuse(Refusals.originRequired())
   } else if (
     !sameOrigin(origin, req.headers.host) &&
     !originAllowed(origin, policy.allowedOrigins)
   ) {
-    return refuse(403, 'origin', `origin ${origin} is not allowed (ws.allowedOrigins)`)
+    return refuse(Refusals.originRefused(origin))
   }
 
   const offered = parseSubprotocols(req.headers['sec-websocket-protocol'])
-  if (offered === null) {
-    return refuse(400, 'malformed', 'invalid Sec-WebSocket-Protocol header')
-  }
+  if (offered === null) return refuse(Refusals.badSubprotocolHeader())
   const protocol = pickSubprotocol(offered, policy.subprotocols)
   if (protocol === false && policy.requireSubprotocol) {
-    const accepted = [...policy.subprotocols].join(', ')
-    const what = offered.length === 0 ? 'none was offered' : `offered: ${offered.join(', ')}`
-    return refuse(400, 'subprotocol', `no acceptable subprotocol (${what}); accepted: ${accepted}`)
+    return refuse(Refusals.subprotocol(offered, policy.subprotocols))
   }
   return { ok: true, protocol }
 }
@@ -195,14 +153,6 @@ export function pickSubprotocol(
   return false
 }
 
-function refuse(
-  status: number,
-  reason: RefusalReason,
-  message: string,
-  headers?: Record<string, string>,
-): HandshakeDecision {
-  return {
-    ok: false,
-    refusal: headers ? { status, reason, message, headers } : { status, reason, message },
-  }
+function refuse(refusal: Refusal): HandshakeDecision {
+  return { ok: false, refusal }
 }

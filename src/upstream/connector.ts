@@ -1,9 +1,12 @@
 // Opens the TCP connection to a broker for one client: brokers are tried in the configured
-// order, each for at most `connectTimeout`; the first that accepts wins.
+// order, each for at most `connectTimeout`; the first that accepts wins. BrokerConnector is what
+// the listeners use: it stops the attempt when the client goes away while it waits, and keeps
+// count of the broker sockets it opened that are still open (the tests' leak check).
 import net from 'node:net'
 import { performance } from 'node:perf_hooks'
+import type { Duplex } from 'node:stream'
 import type { HostPort } from '../config/formats.js'
-import { UpstreamRefusedError, UpstreamTimeoutError } from '../errors.js'
+import { UpstreamError, UpstreamRefusedError, UpstreamTimeoutError } from '../errors.js'
 
 export interface Upstream {
   socket: net.Socket
@@ -118,4 +121,66 @@ function connectOne(broker: HostPort, timeout: number, signal?: AbortSignal): Pr
     socket.once('error', onError)
     socket.once('connect', onConnect)
   })
+}
+
+export interface BrokerConnectorOptions {
+  brokers: readonly HostPort[]
+  connectTimeout: number
+  /** Told about every attempt that ended (the upstream metrics). */
+  onAttempt?: (attempt: ConnectAttempt) => void
+}
+
+/** How a connect made for a client ended. */
+export type ClientConnectOutcome =
+  | { ok: true; upstream: Upstream }
+  /** The client closed or reset its socket while we waited: nobody is left to answer. */
+  | { ok: false; clientLeft: true }
+  /** No broker could be had; the error carries the HTTP status and the reason label. */
+  | { ok: false; clientLeft: false; error: UpstreamError }
+
+export class BrokerConnector {
+  readonly #options: BrokerConnectorOptions
+  #open = 0
+  /** One listener shared by every broker socket, not a closure per connection. */
+  readonly #onSocketClose = (): void => {
+    this.#open--
+  }
+
+  constructor(options: BrokerConnectorOptions) {
+    this.#options = options
+  }
+
+  /** Broker sockets opened here that have not closed yet. */
+  get openSockets(): number {
+    return this.#open
+  }
+
+  /**
+   * Connects a broker for `client`. A client that closes or resets meanwhile aborts the attempt
+   * (its socket is destroyed); an 'error' on the client is absorbed so it cannot go uncaught.
+   */
+  async connectFor(client: Duplex): Promise<ClientConnectOutcome> {
+    const abort = new AbortController()
+    const onGone = (): void => abort.abort()
+    client.once('close', onGone)
+    client.on('error', onGone)
+    try {
+      const upstream = await connectUpstream({
+        brokers: this.#options.brokers,
+        connectTimeout: this.#options.connectTimeout,
+        signal: abort.signal,
+        ...(this.#options.onAttempt && { onAttempt: this.#options.onAttempt }),
+      })
+      this.#open++
+      upstream.socket.once('close', this.#onSocketClose)
+      return { ok: true, upstream }
+    } catch (err) {
+      if (abort.signal.aborted) return { ok: false, clientLeft: true }
+      if (err instanceof UpstreamError) return { ok: false, clientLeft: false, error: err }
+      throw err
+    } finally {
+      client.removeListener('close', onGone)
+      client.removeListener('error', onGone)
+    }
+  }
 }

@@ -82,7 +82,7 @@ export async function startTestGateway(
     gateway,
     config,
     port,
-    url: `${gateway.edge.scheme}://127.0.0.1:${port}${config.ws.path}`,
+    url: `${config.tls.enabled ? 'wss' : 'ws'}://127.0.0.1:${port}${config.ws.path}`,
     adminPort,
     adminUrl: `http://127.0.0.1:${adminPort}`,
     mqttsPort: gateway.mqttsAddress?.port,

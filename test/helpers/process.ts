@@ -79,6 +79,6 @@ export function spawnGateway(
 
 /** The public port, from the 'gateway listening' line ("127.0.0.1:PORT"). */
 export async function listeningPort(gw: GatewayProcess): Promise<number> {
-  const line = await gw.waitForLog((l) => l.msg === 'gateway listening')
+  const line = await gw.waitForLog((l) => l.msg.startsWith('gateway listening'))
   return Number(String(line.listen).split(':').pop())
 }

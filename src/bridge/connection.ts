@@ -1,23 +1,23 @@
-// One client connection: a WebSocket on one side, the broker's TCP socket on the other, bytes
-// piped both ways unchanged. A WebSocket frame may carry part of an MQTT packet or several
-// [MQTT-6.0.0-2], so the bridge never re-frames or inspects: it forwards the byte stream.
+// One client connection, whatever listener accepted it: a client side (a WebSocket, or the TLS
+// socket of an mqtts client; client-side.ts) and the broker's TCP socket, bytes piped both ways
+// unchanged. A WebSocket frame may carry part of an MQTT packet or several [MQTT-6.0.0-2], so
+// the bridge never re-frames or inspects: it forwards the byte stream.
 //
 // Memory per connection is bounded in both directions:
-// - client -> broker: when the broker socket's write buffer passes highWaterMark, the
-//   WebSocket stops reading (ws.pause() stops the TCP socket) until 'drain'.
-// - broker -> client: when the WebSocket's buffered amount would pass highWaterMark, the broker
-//   socket stops reading until the buffer is down to about half the mark.
+// - client -> broker: when the broker socket's write buffer passes highWaterMark, the client
+//   side stops reading (ws.pause() stops the TCP socket) until 'drain'.
+// - broker -> client: when the client side's buffered amount would pass highWaterMark, the
+//   broker socket stops reading until the buffer is down to about half the mark.
 import type { Socket } from 'node:net'
-import type { RawData, WebSocket } from 'ws'
 import type { Logger } from '../log.js'
-import { CloseCode, CloseReason, type Initiator } from './close-codes.js'
+import type { ClientEvents, ClientSide } from './client-side.js'
+import { CloseCode, CloseReason, type CloseCodeValue, type Initiator } from './close-codes.js'
 
-// How long a broker socket may stay half-open after the client left before it is destroyed.
-const UPSTREAM_END_TIMEOUT_MS = 2_000
+/** How long one side may stay half-open after the other closed before it is destroyed. */
+export const HALF_OPEN_TIMEOUT_MS = 2_000
 
-// Each socket points back to its Connection through this key, so the event listeners can be
-// shared functions (static methods below) instead of a dozen closures per connection, which
-// held about 0.9 KiB of heap per idle client (6.1 -> 5.2 KiB per connection after GC).
+// Each broker socket points back to its Connection through this key, so the event listeners
+// can be shared functions (static methods below) instead of closures per connection.
 const OWNER = Symbol('drawbridge.connection')
 
 interface Owned {
@@ -58,6 +58,7 @@ export interface ConnectionInfo {
   forwarded: boolean
   /** The browser's Origin header, when one was sent. */
   origin?: string | undefined
+  /** The negotiated WebSocket subprotocol; false when none was (and always on mqtts). */
   protocol: string | false
   broker: string
   /** Absent on plain ws:// connections. */
@@ -66,19 +67,21 @@ export interface ConnectionInfo {
 
 export interface ConnectionOptions {
   highWaterMark: number
+  /** The connection logs through a child of it that names the connection and its listener. */
   log: Logger
   /** Called once, after both sides are closed. */
   onClose: (connection: Connection) => void
 }
 
-/** What the close log line (and later the metrics) report about a finished connection. */
+/** What the close log line and the metrics report about a finished connection. */
 export interface CloseSummary {
-  code: number
+  /** The WebSocket close code; undefined on a client side without close codes (mqtts). */
+  code: number | undefined
   initiator: Initiator
   reason: string
 }
 
-export class Connection {
+export class Connection implements ClientEvents {
   readonly id: string
   readonly listener: string
   readonly remoteAddress: string
@@ -92,12 +95,13 @@ export class Connection {
 
   bytesToBroker = 0
   bytesToClient = 0
+  /** WebSocket frames each way (a broker read is sent as one frame); 0 on mqtts. */
   framesToBroker = 0
   framesToClient = 0
   lastActivity = this.openedAt
   /** Client -> broker paused because the broker socket is full. */
   pausedToBroker = false
-  /** Broker -> client paused because the WebSocket is backed up. */
+  /** Broker -> client paused because the client side is backed up. */
   pausedToClient = false
   /** How many times each direction was paused (backpressure_pauses_total). */
   pausesToBroker = 0
@@ -106,19 +110,26 @@ export class Connection {
   pingTimedOut = false
   closed: CloseSummary | undefined
 
-  readonly #ws: WebSocket
+  readonly #client: ClientSide
   readonly #upstream: Socket
   readonly #options: ConnectionOptions
+  readonly #log: Logger
   #pingSentAt = 0
   #pending: CloseSummary | undefined
   #finished = false
   #closeWaiters: (() => void)[] | undefined
-  /** A send with the low-water callback is in flight (see #brokerData). */
+  #halfOpenTimer: NodeJS.Timeout | undefined
+  /** A send with the low-water callback is in flight (see brokerData). */
   #lowWaterPending = false
-  /** Broker socket corked until the end of this tick (see #onClientMessage). */
+  /** Broker socket corked until the end of this tick (see clientData). */
   #corked = false
 
-  constructor(ws: WebSocket, upstream: Socket, info: ConnectionInfo, options: ConnectionOptions) {
+  constructor(
+    client: ClientSide,
+    upstream: Socket,
+    info: ConnectionInfo,
+    options: ConnectionOptions,
+  ) {
     this.id = info.id
     this.listener = info.listener
     this.remoteAddress = info.remoteAddress
@@ -128,25 +139,21 @@ export class Connection {
     this.protocol = info.protocol
     this.broker = info.broker
     this.tls = info.tls
-    this.#ws = ws
+    this.#client = client
     this.#upstream = upstream
     this.#options = options
+    this.#log = options.log.child({ conn: this.id, listener: this.listener })
 
-    ;(ws as unknown as Owned)[OWNER] = this
     ;(upstream as unknown as Owned)[OWNER] = this
-    ws.on('message', Connection.#onClientMessage)
-    ws.on('pong', Connection.#onPong)
-    ws.on('error', Connection.#onClientError)
-    ws.on('close', Connection.#onClientClose)
     upstream.on('data', Connection.#onBrokerData)
     upstream.on('end', Connection.#onBrokerEnd)
     upstream.on('error', Connection.#onBrokerError)
     upstream.on('close', Connection.#onBrokerClose)
     upstream.on('drain', Connection.#onBrokerDrain)
+    client.bind(this)
 
-    options.log.info(
+    this.#log.info(
       {
-        conn: this.id,
         remote: this.remoteAddress,
         ...(this.forwarded && { client: this.clientAddress }),
         ...(this.origin !== undefined && { origin: this.origin }),
@@ -172,16 +179,16 @@ export class Connection {
     return new Promise((resolve) => (this.#closeWaiters ??= []).push(resolve))
   }
 
-  /** Starts a close handshake with `code`; the client's answer (or ws's timeout) ends it. */
-  close(code: number, reason: string, initiator: Initiator): void {
+  /** Starts an orderly close with `code`; the client's answer (or a timeout) ends it. */
+  close(code: CloseCodeValue, reason: string, initiator: Initiator): void {
     this.#pending ??= { code, initiator, reason }
-    this.#ws.close(code, reason)
+    this.#client.close(code, reason)
   }
 
   /** Cuts the connection at once, without a close handshake (shutdown grace ran out). */
   terminate(reason: string): void {
-    this.#pending ??= { code: 1006, initiator: 'gateway', reason }
-    this.#ws.terminate()
+    this.#pending ??= { code: CloseCode.ABNORMAL, initiator: 'gateway', reason }
+    this.#client.terminate()
   }
 
   /** Sends a ping unless one is outstanding; terminates a peer whose pong is overdue. */
@@ -190,9 +197,7 @@ export class Connection {
       if (this.pongOverdue(now, timeout)) this.terminateForPingTimeout()
       return
     }
-    if (this.#ws.readyState !== this.#ws.OPEN) return
-    this.#pingSentAt = now
-    this.#ws.ping()
+    if (this.#client.ping()) this.#pingSentAt = now
   }
 
   pongOverdue(now: number, timeout: number): boolean {
@@ -200,57 +205,15 @@ export class Connection {
   }
 
   terminateForPingTimeout(): void {
-    this.#options.log.warn({ conn: this.id }, 'no pong within ws.pongTimeout; terminating')
+    this.#log.warn('no pong within ws.pongTimeout; terminating')
     this.pingTimedOut = true
     this.terminate('ping timeout')
   }
 
-  // The shared listeners: `this` is the emitting socket, whose OWNER is the connection.
-  static #onClientMessage(this: WebSocket, message: RawData, isBinary: boolean): void {
-    ownerOf(this).#clientMessage(message, isBinary)
-  }
+  // ---- the client side's events (ClientEvents) ----------------------------------------------
 
-  static #onPong(this: WebSocket): void {
-    ownerOf(this).#pong()
-  }
-
-  static #onClientError(this: WebSocket, err: Error & { code?: string }): void {
-    ownerOf(this).#clientError(err)
-  }
-
-  static #onClientClose(this: WebSocket, code: number, reason: Buffer): void {
-    ownerOf(this).#clientClose(code, reason)
-  }
-
-  static #onBrokerData(this: Socket, chunk: Buffer): void {
-    ownerOf(this).#brokerData(chunk)
-  }
-
-  static #onBrokerDrain(this: Socket): void {
-    ownerOf(this).#brokerDrain()
-  }
-
-  static #onBrokerEnd(this: Socket): void {
-    ownerOf(this).#brokerEnd()
-  }
-
-  static #onBrokerError(this: Socket, err: NodeJS.ErrnoException): void {
-    ownerOf(this).#brokerError(err)
-  }
-
-  static #onBrokerClose(this: Socket): void {
-    ownerOf(this).#brokerClose()
-  }
-
-  #clientMessage(message: RawData, isBinary: boolean): void {
-    // The server sets no binaryType, so ws hands over 'nodebuffer': always one Buffer.
-    const data = message as Buffer
-    if (!isBinary) {
-      // [MQTT-6.0.0-1]: a non-binary data frame means the connection must be closed.
-      this.close(CloseCode.UNSUPPORTED_DATA, CloseReason.textFrame, 'gateway')
-      return
-    }
-    this.framesToBroker++
+  clientData(data: Buffer): void {
+    if (this.#client.framed) this.framesToBroker++
     this.bytesToBroker += data.length
     this.lastActivity = Date.now()
     // ws emits every frame of one socket read in the same tick: cork so they reach the broker
@@ -269,8 +232,50 @@ export class Connection {
     ) {
       this.pausedToBroker = true
       this.pausesToBroker++
-      this.#ws.pause()
+      this.#client.pause()
     }
+  }
+
+  clientPong(): void {
+    this.#pingSentAt = 0
+  }
+
+  clientFault(code: CloseCodeValue, reason: string): void {
+    this.#pending ??= { code, initiator: 'gateway', reason }
+  }
+
+  clientClosed(code: number | undefined, reason: string): void {
+    const summary = this.#pending ?? { code, initiator: 'client', reason }
+    // A client side without close codes (mqtts) was never sent the one a gateway close names.
+    this.closed = this.#client.framed ? summary : { ...summary, code: undefined }
+    // end(), not destroy(): bytes the client sent last (an MQTT DISCONNECT) must still reach
+    // the broker. A broker that keeps its side open is cut after a short wait.
+    this.#upstream.end()
+    this.#halfOpenTimer = setTimeout(Connection.#destroyUpstream, HALF_OPEN_TIMEOUT_MS, this)
+    this.#halfOpenTimer.unref()
+    this.#finishIfBothClosed()
+  }
+
+  // ---- the broker socket's events (shared listeners: `this` is the socket) -------------------
+
+  static #onBrokerData(this: Socket, chunk: Buffer): void {
+    ownerOf(this).#brokerData(chunk)
+  }
+
+  static #onBrokerDrain(this: Socket): void {
+    ownerOf(this).#brokerDrain()
+  }
+
+  static #onBrokerEnd(this: Socket): void {
+    ownerOf(this).close(CloseCode.NORMAL, CloseReason.brokerClosed, 'broker')
+  }
+
+  static #onBrokerError(this: Socket, err: NodeJS.ErrnoException): void {
+    ownerOf(this).#brokerError(err)
+  }
+
+  static #onBrokerClose(this: Socket): void {
+    ownerOf(this).#brokerClose()
   }
 
   static #uncorkUpstream(connection: Connection): void {
@@ -278,24 +283,28 @@ export class Connection {
     connection.#upstream.uncork()
   }
 
+  static #destroyUpstream(connection: Connection): void {
+    connection.#upstream.destroy()
+  }
+
   #brokerDrain(): void {
     if (!this.pausedToBroker) return
     this.pausedToBroker = false
-    this.#ws.resume()
+    this.#client.resume()
   }
 
   #brokerData(chunk: Buffer): void {
-    this.framesToClient++
+    if (this.#client.framed) this.framesToClient++
     this.bytesToClient += chunk.length
     this.lastActivity = Date.now()
-    const buffered = this.#ws.bufferedAmount + chunk.length
+    const buffered = this.#client.bufferedAmount + chunk.length
     const mark = this.#options.highWaterMark
     if (buffered <= mark) {
       // The first send past half the mark carries a callback: once it is flushed at most about
-      // half is left, so a paused broker resumes before the WebSocket runs dry (resuming only on
-      // an empty buffer stalled the pipe on every pause: 16 KiB messages over wss cost 1.3x).
+      // half is left, so a paused broker resumes before the client side runs dry (resuming only
+      // on an empty buffer stalled the pipe on every pause: 16 KiB messages over wss cost 1.3x).
       if (buffered > mark / 2 && !this.#lowWaterPending) this.#sendWithLowWater(chunk)
-      else this.#ws.send(chunk)
+      else this.#client.send(chunk)
       return
     }
     // This send crosses the mark: stop reading the broker until the pending low-water send (or,
@@ -303,13 +312,13 @@ export class Connection {
     this.pausedToClient = true
     this.pausesToClient++
     this.#upstream.pause()
-    if (this.#lowWaterPending) this.#ws.send(chunk)
+    if (this.#lowWaterPending) this.#client.send(chunk)
     else this.#sendWithLowWater(chunk)
   }
 
   #sendWithLowWater(chunk: Buffer): void {
     this.#lowWaterPending = true
-    this.#ws.send(chunk, (err) => this.#lowWaterReached(err))
+    this.#client.send(chunk, (err) => this.#lowWaterReached(err))
   }
 
   // net.Socket write callbacks pass null, not undefined, on success.
@@ -320,45 +329,16 @@ export class Connection {
     this.#upstream.resume()
   }
 
-  #pong(): void {
-    this.#pingSentAt = 0
-  }
-
-  #clientError(err: Error & { code?: string }): void {
-    // ws closes the connection itself after these (1009 too big, 1002 protocol errors).
-    if (err.code === 'WS_ERR_UNSUPPORTED_MESSAGE_LENGTH') {
-      this.#pending ??= {
-        code: CloseCode.MESSAGE_TOO_BIG,
-        initiator: 'gateway',
-        reason: CloseReason.tooBig,
-      }
-    } else {
-      this.#pending ??= { code: 1002, initiator: 'gateway', reason: err.message }
-    }
-  }
-
-  #clientClose(code: number, reason: Buffer): void {
-    this.closed = this.#pending ?? { code, initiator: 'client', reason: reason.toString() }
-    // end(), not destroy(): bytes the client sent last (an MQTT DISCONNECT) must still reach
-    // the broker. A broker that keeps its side open is cut after a short wait.
-    this.#upstream.end()
-    setTimeout(() => this.#upstream.destroy(), UPSTREAM_END_TIMEOUT_MS).unref()
-    this.#finishIfBothClosed()
-  }
-
-  #brokerEnd(): void {
-    this.close(CloseCode.NORMAL, CloseReason.brokerClosed, 'broker')
-  }
-
   #brokerError(err: NodeJS.ErrnoException): void {
     const code = err.code ?? 'error'
-    this.#options.log.warn({ conn: this.id, err: err.message }, 'broker connection error')
+    this.#log.warn({ err: err.message }, 'broker connection error')
     this.close(CloseCode.INTERNAL_ERROR, CloseReason.upstreamError(code), 'broker')
   }
 
   #brokerClose(): void {
-    // A socket destroyed without 'end' or 'error' (e.g. by the timer above) still closes the
-    // client side.
+    clearTimeout(this.#halfOpenTimer)
+    // A socket destroyed without 'end' or 'error' (e.g. by the half-open timer) still closes
+    // the client side.
     if (this.closed === undefined) {
       this.close(CloseCode.INTERNAL_ERROR, CloseReason.upstreamError('closed'), 'broker')
     }
@@ -369,9 +349,8 @@ export class Connection {
     if (this.closed === undefined || !this.#upstream.destroyed) return
     if (this.#finished) return
     this.#finished = true
-    this.#options.log.info(
+    this.#log.info(
       {
-        conn: this.id,
         remote: this.remoteAddress,
         protocol: this.protocol,
         broker: this.broker,
@@ -398,6 +377,6 @@ export function clientIdentityOf(tls: ConnectionTls | undefined, clientAddress: 
   return cn !== undefined && cn !== '' ? cn : clientAddress
 }
 
-function ownerOf(emitter: WebSocket | Socket): Connection {
-  return (emitter as unknown as Owned)[OWNER]
+function ownerOf(socket: Socket): Connection {
+  return (socket as unknown as Owned)[OWNER]
 }
