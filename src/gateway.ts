@@ -37,6 +37,8 @@ export interface Gateway {
   connections: ConnectionRegistry
   /** Broker sockets opened for clients that are still open (0 once every client is gone). */
   readonly brokerSocketsOpen: number
+  /** Resolves once every broker socket opened for a client has closed. */
+  whenBrokerSocketsClosed: () => Promise<void>
   metrics: Metrics
   readiness: Readiness
   /** Address of the admin listener; undefined when admin.enabled is false. */
@@ -205,6 +207,7 @@ export async function startGateway(config: Config, deps: GatewayDeps): Promise<G
     get brokerSocketsOpen() {
       return connector.openSockets
     },
+    whenBrokerSocketsClosed: () => connector.whenAllClosed(),
     metrics,
     readiness,
     adminAddress,

@@ -88,21 +88,25 @@ export class MqttsListener {
   readonly #onClient = (client: tls.TLSSocket): void => {
     // Nothing reaches the broker before it is connected and the client admitted.
     client.pause()
-    const admission: Admission = { socket: client, upstream: undefined, onEnd: [] }
-    admit(this.#steps, admission, () => this.#accept(client, admission)).then(
-      (outcome) => {
-        if (outcome.ok) return
-        if ('refusal' in outcome) this.#refuse.stream(client, LISTENER, outcome.refusal)
-        else client.destroy()
-      },
-      (err: unknown) => {
-        this.#options.log.error(
-          { err, listener: LISTENER, remote: peerAddress(client) },
-          'mqtts admission failed',
-        )
+    this.#admit(client).catch((err: unknown) => {
+      this.#options.log.error(
+        { err, listener: LISTENER, remote: peerAddress(client) },
+        'mqtts admission failed',
+      )
+      try {
         this.#refuse.stream(client, LISTENER, Refusals.internal())
-      },
-    )
+      } catch {
+        client.destroy()
+      }
+    })
+  }
+
+  async #admit(client: tls.TLSSocket): Promise<void> {
+    const admission: Admission = { socket: client, upstream: undefined, onEnd: [] }
+    const outcome = await admit(this.#steps, admission, () => this.#accept(client, admission))
+    if (outcome.ok) return
+    if ('refusal' in outcome) this.#refuse.stream(client, LISTENER, outcome.refusal)
+    else client.destroy()
   }
 
   #accept(client: tls.TLSSocket, admission: Admission): void {

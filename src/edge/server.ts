@@ -219,25 +219,30 @@ export class EdgeServer {
 
   readonly #onUpgrade = (req: http.IncomingMessage, socket: Duplex, head: Buffer): void => {
     this.#clearHandshakeTimer(req.socket)
+    this.#upgrade(req, socket, head).catch((err: unknown) => this.#upgradeFailed(err, req, socket))
+  }
+
+  async #upgrade(req: http.IncomingMessage, socket: Duplex, head: Buffer): Promise<void> {
     const upgrade: Upgrade = { req, socket, upstream: undefined, onEnd: [], protocol: false }
-    admit(this.#steps, upgrade, (accepted) => this.#accept(accepted, head)).then(
-      (outcome) => {
-        if (outcome.ok) return
-        if ('refusal' in outcome) {
-          this.#refuse.socket(socket, req, outcome.refusal)
-          return
-        }
-        this.#log.info(
-          { remote: peerAddress(req.socket) },
-          'client left before its upgrade completed',
-        )
-        socket.destroy()
-      },
-      (err: unknown) => {
-        this.#log.error({ err, remote: peerAddress(req.socket), path: req.url }, 'upgrade failed')
-        this.#refuse.socket(socket, req, Refusals.internal())
-      },
-    )
+    const outcome = await admit(this.#steps, upgrade, (accepted) => this.#accept(accepted, head))
+    if (outcome.ok) return
+    if ('refusal' in outcome) {
+      this.#refuse.socket(socket, req, outcome.refusal)
+      return
+    }
+    this.#log.info({ remote: peerAddress(req.socket) }, 'client left before its upgrade completed')
+    socket.destroy()
+  }
+
+  // A fault of our own while deciding an upgrade still gets the client an answer, and is never
+  // an unhandled rejection.
+  #upgradeFailed(err: unknown, req: http.IncomingMessage, socket: Duplex): void {
+    this.#log.error({ err, remote: peerAddress(req.socket), path: req.url }, 'upgrade failed')
+    try {
+      this.#refuse.socket(socket, req, Refusals.internal())
+    } catch {
+      socket.destroy()
+    }
   }
 
   #accept(upgrade: Upgrade, head: Buffer): void {

@@ -63,10 +63,9 @@ export async function connectUpstream(options: ConnectOptions): Promise<Upstream
     const address = formatHostPort(broker)
     const started = performance.now()
     const seconds = (): number => (performance.now() - started) / 1000
+    let socket: net.Socket
     try {
-      const socket = await connectOne(broker, options.connectTimeout, options.signal)
-      options.onAttempt?.({ broker: address, ok: true, seconds: seconds() })
-      return { socket, broker: address }
+      socket = await connectOne(broker, options.connectTimeout, options.signal)
     } catch (err) {
       if (options.signal?.aborted) throw err
       options.onAttempt?.({
@@ -77,7 +76,16 @@ export async function connectUpstream(options: ConnectOptions): Promise<Upstream
       })
       if (err instanceof UpstreamTimeoutError) timedOut = true
       failures.push(`${address} ${err instanceof Error ? err.message : String(err)}`)
+      continue
     }
+    try {
+      options.onAttempt?.({ broker: address, ok: true, seconds: seconds() })
+    } catch (err) {
+      // Nobody would own the socket: a fault in the hook must not leak it.
+      socket.destroy()
+      throw err
+    }
+    return { socket, broker: address }
   }
   const summary = failures.join('; ')
   throw timedOut
@@ -141,9 +149,12 @@ export type ClientConnectOutcome =
 export class BrokerConnector {
   readonly #options: BrokerConnectorOptions
   #open = 0
+  #idleWaiters: (() => void)[] = []
   /** One listener shared by every broker socket, not a closure per connection. */
   readonly #onSocketClose = (): void => {
-    this.#open--
+    if (--this.#open > 0) return
+    for (const resolve of this.#idleWaiters) resolve()
+    this.#idleWaiters = []
   }
 
   constructor(options: BrokerConnectorOptions) {
@@ -153,6 +164,12 @@ export class BrokerConnector {
   /** Broker sockets opened here that have not closed yet. */
   get openSockets(): number {
     return this.#open
+  }
+
+  /** Resolves once no broker socket opened here is open (at once when none is). */
+  whenAllClosed(): Promise<void> {
+    if (this.#open === 0) return Promise.resolve()
+    return new Promise((resolve) => this.#idleWaiters.push(resolve))
   }
 
   /**

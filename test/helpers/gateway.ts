@@ -6,6 +6,7 @@ import type { Config } from '../../src/config/schema.js'
 import type { TlsEvent } from '../../src/edge/tls.js'
 import { startGateway, type Gateway } from '../../src/gateway.js'
 import { createLogger } from '../../src/log.js'
+import type { Metrics } from '../../src/metrics.js'
 
 export interface LogLine {
   level: number
@@ -41,6 +42,7 @@ export async function startTestGateway(
   t: Teardown,
   brokerPort: number,
   env: Record<string, string> = {},
+  deps: { metrics?: Metrics } = {},
 ): Promise<TestGateway> {
   const fullEnv = {
     DRAWBRIDGE_LISTEN_HOST: '127.0.0.1',
@@ -74,6 +76,7 @@ export async function startTestGateway(
   const gateway = await startGateway(config, {
     log: createLogger(config.log.level, sink),
     onTlsEvent: (event) => tlsEvents.push(event),
+    ...deps,
   })
   t.teardown(() => gateway.close())
   const port = gateway.address.port
