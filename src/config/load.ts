@@ -6,7 +6,7 @@ import { fileURLToPath } from 'node:url'
 import convict from 'convict'
 import { ConfigError } from '../errors.js'
 import { parseHostPort } from './formats.js'
-import { schema, type Config } from './schema.js'
+import { schema, type Config, type RawConfig } from './schema.js'
 
 /** config/ at the package root, from src/config or dist/config alike. */
 export const PROFILE_DIR = fileURLToPath(new URL('../../config/', import.meta.url))
@@ -34,10 +34,10 @@ export function loadConfig(options: LoadOptions = {}): LoadedConfig {
     env.DRAWBRIDGE_PROFILE ??
     (env.NODE_ENV === 'production' ? 'production' : 'development')
 
-  let conf: convict.Config<Config>
+  let conf: convict.Config<RawConfig>
   try {
     // The resolved profile goes in as its env var: convict re-applies env over set().
-    conf = convict<Config>(schema as convict.Schema<Config>, {
+    conf = convict<RawConfig>(schema, {
       env: { ...env, DRAWBRIDGE_PROFILE: profile },
       args: [],
     })
