@@ -5,7 +5,7 @@ import { existsSync } from 'node:fs'
 import { fileURLToPath } from 'node:url'
 import convict from 'convict'
 import { ConfigError } from '../errors.js'
-import { parseHostPort } from './formats.js'
+import { parseCidr, parseHostPort } from './formats.js'
 import { schema, type Config, type RawConfig } from './schema.js'
 
 /** config/ at the package root, from src/config or dist/config alike. */
@@ -54,13 +54,40 @@ export function loadConfig(options: LoadOptions = {}): LoadedConfig {
     throw toConfigError(err)
   }
 
-  const config = conf.getProperties()
+  const config = parseConfig(conf.getProperties())
   checkCrossKeyRules(config)
   return {
     config: deepFreeze(config),
     redacted: () => JSON.parse(conf.toString()) as Record<string, unknown>,
     warnings: unknownEnvWarnings(env),
   }
+}
+
+/** The typed Config from the strings convict validated (redacted() keeps showing those). */
+function parseConfig(raw: RawConfig): Config {
+  return {
+    ...raw,
+    upstream: {
+      ...raw.upstream,
+      brokers: parseEach('upstream.brokers', raw.upstream.brokers, parseHostPort),
+    },
+    http: {
+      ...raw.http,
+      trustedProxies: parseEach('http.trustedProxies', raw.http.trustedProxies, parseCidr),
+    },
+  }
+}
+
+// The formats ran the same parser on every entry already, so this throws only if the two ever
+// disagree; the entry is then refused with its key, never dropped.
+function parseEach<T>(key: string, values: readonly string[], parse: (value: string) => T): T[] {
+  return values.map((value) => {
+    try {
+      return parse(value)
+    } catch (err) {
+      throw new ConfigError(key, err instanceof Error ? err.message : String(err))
+    }
+  })
 }
 
 function checkCrossKeyRules(config: Config): void {
@@ -70,7 +97,7 @@ function checkCrossKeyRules(config: Config): void {
       'at least one broker is required (e.g. DRAWBRIDGE_UPSTREAM_BROKERS=broker:1883)',
     )
   }
-  const zeroPort = config.upstream.brokers.findIndex((b) => parseHostPort(b).port === 0)
+  const zeroPort = config.upstream.brokers.findIndex((b) => b.port === 0)
   if (zeroPort > 0 || (zeroPort === 0 && !config.upstream.embedded)) {
     throw new ConfigError('upstream.brokers', 'port 0 is only allowed for the embedded broker')
   }

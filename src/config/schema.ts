@@ -5,7 +5,7 @@
 // pods when a Service is called "drawbridge". No key here may map to those names: there is no
 // top-level `port` key and no `service` section.
 import type convict from 'convict'
-import { registerFormats } from './formats.js'
+import { registerFormats, type Cidr, type HostPort } from './formats.js'
 
 registerFormats()
 
@@ -335,8 +335,14 @@ export interface RawConfig {
   log: { level: string }
 }
 
-/** The validated configuration, as the rest of the code sees it. */
-export type Config = RawConfig
+/**
+ * The validated configuration, as the rest of the code sees it: RawConfig with every list that
+ * has a structure parsed once, by loadConfig, so no user parses it again (or differently).
+ */
+export interface Config extends Omit<RawConfig, 'upstream' | 'http'> {
+  upstream: Omit<RawConfig['upstream'], 'brokers'> & { brokers: readonly HostPort[] }
+  http: Omit<RawConfig['http'], 'trustedProxies'> & { trustedProxies: readonly Cidr[] }
+}
 
 export type ClientAuth = 'none' | 'optional' | 'required'
 
