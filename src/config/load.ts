@@ -6,6 +6,7 @@ import { fileURLToPath } from 'node:url'
 import convict from 'convict'
 import { ConfigError } from '../errors.js'
 import { parseCidr, parseHostPort } from './formats.js'
+import { compileOrigins } from './origin.js'
 import { schema, type Config, type RawConfig } from './schema.js'
 
 /** config/ at the package root, from src/config or dist/config alike. */
@@ -67,27 +68,29 @@ export function loadConfig(options: LoadOptions = {}): LoadedConfig {
 function parseConfig(raw: RawConfig): Config {
   return {
     ...raw,
+    ws: {
+      ...raw.ws,
+      allowedOrigins: parsed('ws.allowedOrigins', () => compileOrigins(raw.ws.allowedOrigins)),
+    },
     upstream: {
       ...raw.upstream,
-      brokers: parseEach('upstream.brokers', raw.upstream.brokers, parseHostPort),
+      brokers: parsed('upstream.brokers', () => raw.upstream.brokers.map(parseHostPort)),
     },
     http: {
       ...raw.http,
-      trustedProxies: parseEach('http.trustedProxies', raw.http.trustedProxies, parseCidr),
+      trustedProxies: parsed('http.trustedProxies', () => raw.http.trustedProxies.map(parseCidr)),
     },
   }
 }
 
-// The formats ran the same parser on every entry already, so this throws only if the two ever
-// disagree; the entry is then refused with its key, never dropped.
-function parseEach<T>(key: string, values: readonly string[], parse: (value: string) => T): T[] {
-  return values.map((value) => {
-    try {
-      return parse(value)
-    } catch (err) {
-      throw new ConfigError(key, err instanceof Error ? err.message : String(err))
-    }
-  })
+// The formats ran the same parsers on every entry already, so this throws only if the two ever
+// disagree; the value is then refused with its key, never dropped.
+function parsed<T>(key: string, parse: () => T): T {
+  try {
+    return parse()
+  } catch (err) {
+    throw new ConfigError(key, err instanceof Error ? err.message : String(err))
+  }
 }
 
 function checkCrossKeyRules(config: Config): void {

@@ -6,6 +6,7 @@
 // top-level `port` key and no `service` section.
 import type convict from 'convict'
 import { registerFormats, type Cidr, type HostPort } from './formats.js'
+import type { OriginRule } from './origin.js'
 
 registerFormats()
 
@@ -339,7 +340,8 @@ export interface RawConfig {
  * The validated configuration, as the rest of the code sees it: RawConfig with every list that
  * has a structure parsed once, by loadConfig, so no user parses it again (or differently).
  */
-export interface Config extends Omit<RawConfig, 'upstream' | 'http'> {
+export interface Config extends Omit<RawConfig, 'ws' | 'upstream' | 'http'> {
+  ws: Omit<RawConfig['ws'], 'allowedOrigins'> & { allowedOrigins: readonly OriginRule[] }
   upstream: Omit<RawConfig['upstream'], 'brokers'> & { brokers: readonly HostPort[] }
   http: Omit<RawConfig['http'], 'trustedProxies'> & { trustedProxies: readonly Cidr[] }
 }

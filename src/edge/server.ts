@@ -21,7 +21,6 @@ import type { Logger } from '../log.js'
 import type { Metrics } from '../metrics.js'
 import { connectUpstream, type Upstream } from '../upstream/connector.js'
 import {
-  compileOrigins,
   pickSubprotocol,
   requestPath,
   validateUpgrade,
@@ -80,7 +79,7 @@ export class EdgeServer {
       path: ws.path,
       subprotocols: new Set(ws.subprotocols),
       requireSubprotocol: ws.requireSubprotocol,
-      allowedOrigins: compileOrigins(ws.allowedOrigins),
+      allowedOrigins: ws.allowedOrigins,
       requireOrigin: ws.requireOrigin,
     }
     this.#clientAddresses = new ClientAddressResolver(options.config.http.trustedProxies)
