@@ -7,7 +7,7 @@ import type { AddressInfo } from 'node:net'
 import { Readiness } from './admin/readiness.js'
 import { AdminServer } from './admin/server.js'
 import { ConnectionRegistry } from './bridge/registry.js'
-import { parseHostPort, type HostPort } from './config/formats.js'
+import type { HostPort } from './config/formats.js'
 import type { Config } from './config/schema.js'
 import type { EmbeddedBroker } from './dev/broker.js'
 import type { MqttsListener } from './edge/mqtts.js'
@@ -97,7 +97,7 @@ export async function startGateway(config: Config, deps: GatewayDeps): Promise<G
     }
   }
 
-  let brokers = config.upstream.brokers.map(parseHostPort)
+  let brokers = config.upstream.brokers
   let embedded: EmbeddedBroker | undefined
   if (config.upstream.embedded) {
     const { startEmbeddedBroker } = await import('./dev/broker.js')

@@ -2,8 +2,8 @@ import type { IncomingMessage } from 'node:http'
 import { once } from 'node:events'
 import t from 'tap'
 import { WebSocket } from 'ws'
+import { compileOrigins } from '../src/config/origin.js'
 import {
-  compileOrigins,
   originAllowed,
   parseSubprotocols,
   sameOrigin,

@@ -7,6 +7,7 @@ import type { AddressInfo } from 'node:net'
 import httpProxy from 'http-proxy'
 import t from 'tap'
 import { WebSocket } from 'ws'
+import { parseCidr } from '../src/config/formats.js'
 import { ClientAddressResolver } from '../src/edge/client-address.js'
 import { startBroker } from './helpers/broker.js'
 import { startTestGateway, type TestGateway } from './helpers/gateway.js'
@@ -173,7 +174,7 @@ t.test('forwarding headers from a peer that is not trusted are ignored', async (
 })
 
 t.test('ClientAddressResolver reads the chain from the nearest hop (pure)', async (t) => {
-  const resolver = new ClientAddressResolver(['127.0.0.1', '10.0.0.0/8', 'fd00::/8'])
+  const resolver = new ClientAddressResolver(['127.0.0.1', '10.0.0.0/8', 'fd00::/8'].map(parseCidr))
   const cases: [string, string, Record<string, string>, string, string][] = [
     ['untrusted peer', '198.51.100.1', { 'x-forwarded-for': '1.2.3.4' }, '198.51.100.1', 'peer'],
     ['no header', '127.0.0.1', {}, '127.0.0.1', 'peer'],

@@ -2,6 +2,7 @@
 // JSON file arrive already typed, so every `validate` accepts both the parsed and the raw form.
 import { isIP } from 'node:net'
 import convict from 'convict'
+import { parseOriginPattern } from './origin.js'
 
 const DURATION_UNITS: Record<string, number> = {
   ms: 1,
@@ -87,23 +88,6 @@ export function parseCidr(value: string): Cidr {
     throw new Error(`"${value}": the prefix length must be 0 to ${max}`)
   }
   return { address, prefix, family: version === 4 ? 'ipv4' : 'ipv6' }
-}
-
-/**
- * A browser origin as the Origin header carries it (`https://app.example.com`, with a port only
- * when it is not the scheme's default), optionally with `*.` as the first host label to allow
- * every subdomain. Returns the lower-cased form compared against requests.
- */
-export function parseOriginPattern(value: string): string {
-  const text = value.trim().toLowerCase()
-  if (text === 'null') return text
-  const match = /^(https?):\/\/(\*\.)?([a-z0-9.-]+|\[[0-9a-f:.]+\])(:\d{1,5})?$/.exec(text)
-  if (!match) {
-    throw new Error(
-      `"${value}" is not an origin: use scheme://host[:port] with no path, like https://app.example.com`,
-    )
-  }
-  return text
 }
 
 function asList(value: unknown): unknown[] {

@@ -5,8 +5,9 @@ import { existsSync } from 'node:fs'
 import { fileURLToPath } from 'node:url'
 import convict from 'convict'
 import { ConfigError } from '../errors.js'
-import { parseHostPort } from './formats.js'
-import { schema, type Config } from './schema.js'
+import { parseCidr, parseHostPort } from './formats.js'
+import { compileOrigins } from './origin.js'
+import { schema, type Config, type RawConfig } from './schema.js'
 
 /** config/ at the package root, from src/config or dist/config alike. */
 export const PROFILE_DIR = fileURLToPath(new URL('../../config/', import.meta.url))
@@ -34,10 +35,10 @@ export function loadConfig(options: LoadOptions = {}): LoadedConfig {
     env.DRAWBRIDGE_PROFILE ??
     (env.NODE_ENV === 'production' ? 'production' : 'development')
 
-  let conf: convict.Config<Config>
+  let conf: convict.Config<RawConfig>
   try {
     // The resolved profile goes in as its env var: convict re-applies env over set().
-    conf = convict<Config>(schema as convict.Schema<Config>, {
+    conf = convict<RawConfig>(schema, {
       env: { ...env, DRAWBRIDGE_PROFILE: profile },
       args: [],
     })
@@ -54,12 +55,41 @@ export function loadConfig(options: LoadOptions = {}): LoadedConfig {
     throw toConfigError(err)
   }
 
-  const config = conf.getProperties()
+  const config = parseConfig(conf.getProperties())
   checkCrossKeyRules(config)
   return {
     config: deepFreeze(config),
     redacted: () => JSON.parse(conf.toString()) as Record<string, unknown>,
     warnings: unknownEnvWarnings(env),
+  }
+}
+
+/** The typed Config from the strings convict validated (redacted() keeps showing those). */
+function parseConfig(raw: RawConfig): Config {
+  return {
+    ...raw,
+    ws: {
+      ...raw.ws,
+      allowedOrigins: parsed('ws.allowedOrigins', () => compileOrigins(raw.ws.allowedOrigins)),
+    },
+    upstream: {
+      ...raw.upstream,
+      brokers: parsed('upstream.brokers', () => raw.upstream.brokers.map(parseHostPort)),
+    },
+    http: {
+      ...raw.http,
+      trustedProxies: parsed('http.trustedProxies', () => raw.http.trustedProxies.map(parseCidr)),
+    },
+  }
+}
+
+// The formats ran the same parsers on every entry already, so this throws only if the two ever
+// disagree; the value is then refused with its key, never dropped.
+function parsed<T>(key: string, parse: () => T): T {
+  try {
+    return parse()
+  } catch (err) {
+    throw new ConfigError(key, err instanceof Error ? err.message : String(err))
   }
 }
 
@@ -70,7 +100,7 @@ function checkCrossKeyRules(config: Config): void {
       'at least one broker is required (e.g. DRAWBRIDGE_UPSTREAM_BROKERS=broker:1883)',
     )
   }
-  const zeroPort = config.upstream.brokers.findIndex((b) => parseHostPort(b).port === 0)
+  const zeroPort = config.upstream.brokers.findIndex((b) => b.port === 0)
   if (zeroPort > 0 || (zeroPort === 0 && !config.upstream.embedded)) {
     throw new ConfigError('upstream.brokers', 'port 0 is only allowed for the embedded broker')
   }

@@ -4,10 +4,14 @@
 // Kubernetes injects DRAWBRIDGE_PORT, DRAWBRIDGE_SERVICE_HOST, DRAWBRIDGE_PORT_443_TCP... into
 // pods when a Service is called "drawbridge". No key here may map to those names: there is no
 // top-level `port` key and no `service` section.
-import { registerFormats } from './formats.js'
+import type convict from 'convict'
+import { registerFormats, type Cidr, type HostPort } from './formats.js'
+import type { OriginRule } from './origin.js'
 
 registerFormats()
 
+// `satisfies`, not a cast: a key missing here, or a default of the wrong type, fails the
+// typecheck instead of surfacing as an undefined value at run time.
 export const schema = {
   profile: {
     doc: 'Which file in config/ provides the base values: development (embedded broker, local-only listener) or production (no embedded broker, upstream required). Defaults to production when NODE_ENV=production.',
@@ -297,10 +301,10 @@ export const schema = {
       env: 'DRAWBRIDGE_LOG_LEVEL',
     },
   },
-}
+} satisfies convict.Schema<RawConfig>
 
-/** The validated configuration, as the rest of the code sees it. */
-export interface Config {
+/** The configuration as convict validates it: lists still hold the strings that were written. */
+export interface RawConfig {
   profile: 'development' | 'production'
   listen: { host: string; port: number }
   ws: {
@@ -330,6 +334,16 @@ export interface Config {
   }
   metrics: { perClient: boolean; maxClientSeries: number }
   log: { level: string }
+}
+
+/**
+ * The validated configuration, as the rest of the code sees it: RawConfig with every list that
+ * has a structure parsed once, by loadConfig, so no user parses it again (or differently).
+ */
+export interface Config extends Omit<RawConfig, 'ws' | 'upstream' | 'http'> {
+  ws: Omit<RawConfig['ws'], 'allowedOrigins'> & { allowedOrigins: readonly OriginRule[] }
+  upstream: Omit<RawConfig['upstream'], 'brokers'> & { brokers: readonly HostPort[] }
+  http: Omit<RawConfig['http'], 'trustedProxies'> & { trustedProxies: readonly Cidr[] }
 }
 
 export type ClientAuth = 'none' | 'optional' | 'required'

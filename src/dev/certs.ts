@@ -17,6 +17,7 @@ import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'n
 import { isIP } from 'node:net'
 import { join, resolve } from 'node:path'
 import forge from 'node-forge'
+import { parsePemCerts } from '../edge/pem.js'
 import { TlsMaterialError } from '../errors.js'
 import type { Logger } from '../log.js'
 
@@ -370,13 +371,6 @@ export function describeCert(cert: X509Certificate): CertDescription {
     validTo: new Date(cert.validTo).toISOString(),
     fingerprint256: cert.fingerprint256,
   }
-}
-
-const PEM_CERT = /-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/g
-
-/** Every certificate in a PEM file (a chain or a CA bundle), in file order. */
-export function parsePemCerts(pem: string): X509Certificate[] {
-  return (pem.match(PEM_CERT) ?? []).map((block) => new X509Certificate(block))
 }
 
 /** `drawbridge certs show FILE`: one block of text per certificate in the file. */

@@ -8,7 +8,7 @@
 import type { IncomingHttpHeaders } from 'node:http'
 import { BlockList, isIP, type Socket } from 'node:net'
 import type { Duplex } from 'node:stream'
-import { parseCidr } from '../config/formats.js'
+import type { Cidr } from '../config/formats.js'
 
 export interface ClientAddress {
   /** The client's IP address (no port). */
@@ -29,9 +29,8 @@ export class ClientAddressResolver {
   readonly #trusted = new BlockList()
   readonly #enabled: boolean
 
-  constructor(trustedProxies: readonly string[]) {
-    for (const entry of trustedProxies) {
-      const cidr = parseCidr(entry)
+  constructor(trustedProxies: readonly Cidr[]) {
+    for (const cidr of trustedProxies) {
       this.#trusted.addSubnet(cidr.address, cidr.prefix, cidr.family)
     }
     this.#enabled = trustedProxies.length > 0

@@ -4,13 +4,14 @@
 // following ws's lib/websocket-server.js handleUpgrade() (RFC 6455 section 4.2.1).
 import type { IncomingMessage } from 'node:http'
 import { Refusals, type Refusal } from './refusals.js'
+import { parseOrigin, type OriginRule } from '../config/origin.js'
 
 export interface HandshakePolicy {
   path: string
   /** Accepted subprotocols. */
   subprotocols: ReadonlySet<string>
   requireSubprotocol: boolean
-  /** ws.allowedOrigins as compileOrigins() gives them; empty allows any origin. */
+  /** ws.allowedOrigins as loadConfig compiles them; empty allows any origin. */
   allowedOrigins: readonly OriginRule[]
   /** Refuse upgrades without an Origin header. */
   requireOrigin: boolean
@@ -67,36 +68,6 @@ export function validateUpgrade(req: IncomingMessage, policy: HandshakePolicy): 
   return { ok: true, protocol }
 }
 
-const ORIGIN_PATTERN = /^(https?):\/\/([^/:]+|\[[^\]]+\])(?::(\d+))?$/
-
-interface OriginParts {
-  scheme: string
-  host: string
-  /** Absent when the origin uses its scheme's default port (browsers leave it out). */
-  port: string | undefined
-}
-
-/** One entry of ws.allowedOrigins, split once at start-up: `*.` becomes `anySubdomain`. */
-export type OriginRule = 'null' | (OriginParts & { anySubdomain: boolean })
-
-function splitOrigin(text: string): OriginParts | undefined {
-  const match = ORIGIN_PATTERN.exec(text.trim().toLowerCase())
-  if (!match) return undefined
-  return { scheme: match[1] ?? '', host: match[2] ?? '', port: match[3] }
-}
-
-/** The rules for `patterns` (config format origin-list); an entry that does not parse is dropped. */
-export function compileOrigins(patterns: readonly string[]): OriginRule[] {
-  return patterns.flatMap((pattern): OriginRule[] => {
-    if (pattern.trim().toLowerCase() === 'null') return ['null']
-    const parts = splitOrigin(pattern)
-    if (parts === undefined) return []
-    const anySubdomain = parts.host.startsWith('*.')
-    // A subdomain rule keeps the host with its leading dot: a suffix to compare against.
-    return [{ ...parts, host: anySubdomain ? parts.host.slice(1) : parts.host, anySubdomain }]
-  })
-}
-
 /**
  * Whether a browser's Origin header matches one of the rules: the same scheme, host and port
  * (browsers omit the scheme's default port, and so do the patterns), where a pattern host
@@ -105,9 +76,9 @@ export function compileOrigins(patterns: readonly string[]): OriginRule[] {
  */
 export function originAllowed(origin: string, rules: readonly OriginRule[]): boolean {
   if (rules.length === 0) return true
-  if (origin.trim().toLowerCase() === 'null') return rules.includes('null')
-  const asked = splitOrigin(origin)
+  const asked = parseOrigin(origin)
   if (asked === undefined) return false
+  if (asked === 'null') return rules.includes('null')
   return rules.some(
     (rule) =>
       rule !== 'null' &&
@@ -123,8 +94,8 @@ export function originAllowed(origin: string, rules: readonly OriginRule[]): boo
  */
 export function sameOrigin(origin: string, host: string | undefined): boolean {
   if (host === undefined) return false
-  const parts = splitOrigin(origin)
-  if (parts === undefined) return false
+  const parts = parseOrigin(origin)
+  if (parts === undefined || parts === 'null') return false
   const authority = parts.port === undefined ? parts.host : `${parts.host}:${parts.port}`
   return authority === host.trim().toLowerCase()
 }

@@ -26,7 +26,7 @@ import {
 } from './admission.js'
 import { ClientAddressResolver, peerAddress } from './client-address.js'
 import { Diagnostics } from './diagnostics.js'
-import { compileOrigins, pickSubprotocol, requestPath, type HandshakePolicy } from './handshake.js'
+import { pickSubprotocol, requestPath, type HandshakePolicy } from './handshake.js'
 import { Refusals, Refuser, type Refusal } from './refusals.js'
 import type { TlsManager } from './tls.js'
 
@@ -79,7 +79,7 @@ export class EdgeServer {
       path: ws.path,
       subprotocols: new Set(ws.subprotocols),
       requireSubprotocol: ws.requireSubprotocol,
-      allowedOrigins: compileOrigins(ws.allowedOrigins),
+      allowedOrigins: ws.allowedOrigins,
       requireOrigin: ws.requireOrigin,
     }
     this.#steps = websocketSteps({

@@ -13,10 +13,10 @@ import { dirname, resolve } from 'node:path'
 import tls from 'node:tls'
 import type { ClientCertInfo, ConnectionTls } from '../bridge/connection.js'
 import type { ClientAuth, TlsConfig } from '../config/schema.js'
-import { parsePemCerts } from '../dev/certs.js'
 import { TlsMaterialError } from '../errors.js'
 import type { Logger } from '../log.js'
 import { peerAddress } from './client-address.js'
+import { parsePemCerts } from './pem.js'
 
 const DAY_MS = 86_400_000
 
