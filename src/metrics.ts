@@ -170,7 +170,7 @@ export class Metrics {
 
     new Gauge({
       name: name(METRIC.connectionsActive),
-      help: 'Open WebSocket connections bridged to a broker, by listener.',
+      help: 'Open client connections (WebSocket, and mqtts when tcp.enabled) bridged to a broker, by listener.',
       labelNames: ['listener'],
       registers,
       collect() {
@@ -181,7 +181,7 @@ export class Metrics {
     })
     this.#connectionsTotal = new Counter({
       name: name(METRIC.connectionsTotal),
-      help: 'WebSocket connections accepted (101 sent) since start, by listener.',
+      help: 'Client connections accepted since start (a WebSocket once its 101 is sent, an mqtts client once its broker is connected), by listener.',
       labelNames: ['listener'],
       registers,
     })
@@ -191,42 +191,40 @@ export class Metrics {
       buckets: CONNECTION_DURATION_BUCKETS,
       registers,
     })
-    new Counter({
-      name: name(METRIC.bytes),
-      help: 'Bytes bridged, by direction (client_to_broker: WebSocket payload forwarded to the broker; broker_to_client: broker bytes sent as WebSocket payload).',
-      labelNames: ['direction'],
-      registers,
-      collect() {
-        const t = self.#totals()
-        this.reset()
-        this.inc({ direction: 'client_to_broker' }, t.bytesToBroker)
-        this.inc({ direction: 'broker_to_client' }, t.bytesToClient)
-      },
-    })
-    new Counter({
-      name: name(METRIC.frames),
-      help: 'WebSocket data frames bridged, by direction (broker_to_client counts one frame per chunk read from the broker).',
-      labelNames: ['direction'],
-      registers,
-      collect() {
-        const t = self.#totals()
-        this.reset()
-        this.inc({ direction: 'client_to_broker' }, t.framesToBroker)
-        this.inc({ direction: 'broker_to_client' }, t.framesToClient)
-      },
-    })
-    new Counter({
-      name: name(METRIC.backpressurePauses),
-      help: 'Times one side was paused because the other could not keep up, by direction (client_to_broker: broker socket full; broker_to_client: WebSocket over limits.highWaterMark).',
-      labelNames: ['direction'],
-      registers,
-      collect() {
-        const t = self.#totals()
-        this.reset()
-        this.inc({ direction: 'client_to_broker' }, t.pausesToBroker)
-        this.inc({ direction: 'broker_to_client' }, t.pausesToClient)
-      },
-    })
+    // Three counters by direction, each read off the same totals at scrape time.
+    const byDirection = (
+      metric: string,
+      help: string,
+      count: (t: Totals) => readonly [toBroker: number, toClient: number],
+    ): void => {
+      new Counter({
+        name: name(metric),
+        help,
+        labelNames: ['direction'],
+        registers,
+        collect() {
+          const [toBroker, toClient] = count(self.#totals())
+          this.reset()
+          this.inc({ direction: 'client_to_broker' }, toBroker)
+          this.inc({ direction: 'broker_to_client' }, toClient)
+        },
+      })
+    }
+    byDirection(
+      METRIC.bytes,
+      'Bytes bridged, by direction (client_to_broker: WebSocket payload forwarded to the broker; broker_to_client: broker bytes sent as WebSocket payload).',
+      (t) => [t.bytesToBroker, t.bytesToClient],
+    )
+    byDirection(
+      METRIC.frames,
+      'WebSocket data frames bridged, by direction (broker_to_client counts one frame per chunk read from the broker).',
+      (t) => [t.framesToBroker, t.framesToClient],
+    )
+    byDirection(
+      METRIC.backpressurePauses,
+      'Times one side was paused because the other could not keep up, by direction (client_to_broker: broker socket full; broker_to_client: WebSocket over limits.highWaterMark).',
+      (t) => [t.pausesToBroker, t.pausesToClient],
+    )
     this.#upstreamConnectDuration = new Histogram({
       name: name(METRIC.upstreamConnectDuration),
       help: 'Time for a broker to accept the TCP connection opened for a client, in seconds (successful attempts).',
@@ -265,7 +263,7 @@ export class Metrics {
     for (const reason of REFUSAL_REASONS) this.#handshakeRejections.inc({ reason }, 0)
     this.#closes = new Counter({
       name: name(METRIC.closes),
-      help: 'Finished connections by WebSocket close code (1006: cut without a close frame) and initiator (client, broker, gateway).',
+      help: 'Finished connections by WebSocket close code (1006: cut without a close frame; none: mqtts, which has no close codes) and initiator (client, broker, gateway).',
       labelNames: ['code', 'initiator'],
       registers,
     })

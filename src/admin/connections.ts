@@ -1,7 +1,7 @@
 // The JSON shape of one connection in GET /connections: what an operator needs when a user says
 // "I can't connect" (FIELD-NOTES idea 10). Read from the Connection's plain fields; nothing
 // here runs on the message path.
-import type { Connection } from '../bridge/connection.js'
+import type { ClientCertInfo, Connection } from '../bridge/connection.js'
 
 export interface ConnectionView {
   id: string
@@ -20,14 +20,7 @@ export interface ConnectionView {
   tls: {
     version: string
     cipher: string
-    clientCert: {
-      subject: string
-      sans: string[]
-      serial: string
-      fingerprint256: string
-      issuer: string
-      validTo: string
-    } | null
+    clientCert: ClientCertInfo | null
   } | null
   broker: string
   openedAt: string

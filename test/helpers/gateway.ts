@@ -7,6 +7,7 @@ import type { TlsEvent } from '../../src/edge/tls.js'
 import { startGateway, type Gateway } from '../../src/gateway.js'
 import { createLogger } from '../../src/log.js'
 import type { Metrics } from '../../src/metrics.js'
+import { assertNoLeaks } from './leaks.js'
 
 export interface LogLine {
   level: number
@@ -78,7 +79,13 @@ export async function startTestGateway(
     onTlsEvent: (event) => tlsEvents.push(event),
     ...deps,
   })
-  t.teardown(() => gateway.close())
+  t.teardown(async () => {
+    try {
+      await assertNoLeaks(gateway)
+    } finally {
+      await gateway.close()
+    }
+  })
   const port = gateway.address.port
   const adminPort = gateway.adminAddress?.port ?? 0
   return {
