@@ -85,3 +85,49 @@ t.test('mqtts round trip with a client certificate, refusal without one', async 
   })
   t.ok(counted, 'mqtts connections counted: 2 opened, none left open after they closed')
 })
+
+t.test('mqtts clients are in /connections and can be closed from the admin API', async (t) => {
+  const broker = await startBroker(t, 'aedes')
+  const files = writeServerFiles(t, pki)
+  const gw = await startTestGateway(
+    t,
+    broker.port,
+    tlsEnv(files, { DRAWBRIDGE_TLS_CLIENT_AUTH: 'required', DRAWBRIDGE_TCP_ENABLED: 'true' }),
+  )
+  const port = gw.mqttsPort
+  if (port === undefined) throw new Error('no mqtts listener')
+  const device = await connectMqtt(`mqtts://127.0.0.1:${port}`, {
+    ca: pki.ca.cert,
+    client: pki.clients.good,
+  })
+  t.teardown(() => device.end(true))
+  t.equal(await roundTrip(device, 'mqtts/listed', 'seen'), 'seen')
+
+  const list = (await (await fetch(`${gw.adminUrl}/connections`)).json()) as Record<
+    string,
+    unknown
+  >[]
+  t.equal(list.length, 1)
+  const [view] = list
+  t.match(view, {
+    listener: 'mqtts',
+    subprotocol: null,
+    origin: null,
+    tls: { clientCert: { subject: 'good-device' } },
+    frames: { clientToBroker: 0, brokerToClient: 0 },
+  })
+  t.ok((view?.bytes as { clientToBroker: number }).clientToBroker > 0, 'bytes are counted')
+
+  const closed = new Promise<void>((resolve) => device.once('close', () => resolve()))
+  const res = await fetch(`${gw.adminUrl}/connections/${String(view?.id)}`, { method: 'DELETE' })
+  t.equal(res.status, 202)
+  await closed
+  t.pass('the operator closed the mqtts client')
+  const line = await gw.waitForLog(
+    (l) => l.msg === 'connection closed' && l.listener === 'mqtts' && l.conn === view?.id,
+  )
+  t.match(line, { initiator: 'gateway', reason: 'closed by an operator' })
+  t.equal(line.code, undefined, 'mqtts has no close code')
+  const s = await scrape(gw.adminUrl)
+  t.equal(value(s, 'drawbridge_closes_total', { code: 'none', initiator: 'gateway' }), 1)
+})
