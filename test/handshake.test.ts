@@ -24,11 +24,25 @@ const policy: HandshakePolicy = {
   requireOrigin: false,
 }
 
-function request(method: string, url: string, headers: Record<string, string>): IncomingMessage {
-  return { method, url, headers } as unknown as IncomingMessage
+function request(
+  method: string,
+  url: string,
+  headers: Record<string, string>,
+  httpVersion = '1.1',
+): IncomingMessage {
+  const [major, minor] = httpVersion.split('.').map(Number)
+  return {
+    method,
+    url,
+    headers,
+    httpVersion,
+    httpVersionMajor: major,
+    httpVersionMinor: minor,
+  } as unknown as IncomingMessage
 }
 
-const goodHeaders = {
+const goodHeaders: Record<string, string> = {
+  host: 'localhost',
   upgrade: 'websocket',
   'sec-websocket-key': 'dGhlIHNhbXBsZSBub25jZQ==',
   'sec-websocket-version': '13',
@@ -74,6 +88,29 @@ t.test('validateUpgrade decides each case with its own status (pure)', async (t)
       request('POST', '/mqtt', { ...goodHeaders, 'sec-websocket-protocol': 'mqtt' }),
       policy,
       405,
+    ],
+    [
+      'HTTP/1.0 (RFC 6455 4.1 needs 1.1)',
+      request('GET', '/mqtt', { ...goodHeaders, 'sec-websocket-protocol': 'mqtt' }, '1.0'),
+      policy,
+      400,
+    ],
+    [
+      'HTTP/2.0 is later than 1.1',
+      request('GET', '/mqtt', { ...goodHeaders, 'sec-websocket-protocol': 'mqtt' }, '2.0'),
+      policy,
+      'mqtt',
+    ],
+    [
+      'no Host header',
+      request('GET', '/mqtt', {
+        upgrade: 'websocket',
+        'sec-websocket-key': 'dGhlIHNhbXBsZSBub25jZQ==',
+        'sec-websocket-version': '13',
+        'sec-websocket-protocol': 'mqtt',
+      }),
+      policy,
+      400,
     ],
     ['Upgrade: h2c', request('GET', '/mqtt', { ...goodHeaders, upgrade: 'h2c' }), policy, 400],
     [
@@ -359,3 +396,20 @@ t.test('a client that never finishes its upgrade is answered 408 and dropped', a
   const line = await gw.waitForLog((l) => l.reason === 'handshake_timeout')
   t.equal(line.status, 408)
 })
+
+t.test(
+  'an upgrade over HTTP/1.0, or without Host, is refused with 400 (RFC 6455 4.1)',
+  async (t) => {
+    const broker = await startBroker(t, 'aedes')
+    const gw = await startTestGateway(t, broker.port)
+    const old = upgradeRequest('/mqtt')
+    old[0] = 'GET /mqtt HTTP/1.0'
+    const oldResponse = await rawRequest(gw.port, old)
+    t.equal(oldResponse.status, 400)
+    t.match(oldResponse.body, /HTTP\/1\.1 or later/)
+    const noHost = await rawRequest(gw.port, upgradeRequest('/mqtt', { Host: undefined }))
+    t.equal(noHost.status, 400)
+    t.match(noHost.body, /no Host header/)
+    t.equal(gw.gateway.connections.size, 0)
+  },
+)

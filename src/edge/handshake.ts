@@ -43,6 +43,14 @@ export function requestPath(url: string | undefined): string {
 export function validateUpgrade(req: IncomingMessage, policy: HandshakePolicy): HandshakeDecision {
   if (requestPath(req.url) !== policy.path) return refuse(Refusals.wrongPath(policy.path))
   if (req.method !== 'GET') return refuse(Refusals.method())
+  // RFC 6455 4.1: the opening handshake is an HTTP/1.1 (or later) request, with a Host header
+  // (RFC 9112 3.2: a request without one is answered 400).
+  if (req.httpVersionMajor < 1 || (req.httpVersionMajor === 1 && req.httpVersionMinor < 1)) {
+    return refuse(Refusals.httpVersion(req.httpVersion))
+  }
+  if (req.headers.host === undefined || req.headers.host.trim() === '') {
+    return refuse(Refusals.noHost())
+  }
   if (req.headers.upgrade?.toLowerCase() !== 'websocket') return refuse(Refusals.badUpgradeHeader())
   const key = req.headers['sec-websocket-key']
   if (key === undefined || !KEY_PATTERN.test(key)) return refuse(Refusals.badKey())

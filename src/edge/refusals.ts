@@ -89,6 +89,9 @@ export const Refusals = {
       'the request has Sec-WebSocket-Key but no Upgrade/Connection headers: a proxy on the way probably removed them',
       { Upgrade: 'websocket' },
     ),
+  httpVersion: (version: string) =>
+    refusal(400, 'malformed', `WebSocket upgrades need HTTP/1.1 or later, not HTTP/${version}`),
+  noHost: () => refusal(400, 'malformed', 'the request has no Host header'),
   badUpgradeHeader: () => refusal(400, 'malformed', 'invalid Upgrade header: expected "websocket"'),
   badKey: () => refusal(400, 'malformed', 'missing or invalid Sec-WebSocket-Key header'),
   badVersion: () =>
