@@ -9,6 +9,7 @@ import { WebSocket } from 'ws'
 import { BROKER_KINDS, startBroker, type Teardown } from './helpers/broker.js'
 import { startTestGateway } from './helpers/gateway.js'
 import { nextMessage, pattern, sha256 } from './helpers/mqtt.js'
+import { upgradeRequest } from './helpers/raw.js'
 import { connectPacket, encode, openRawClient } from './helpers/wsmqtt.js'
 
 /** A stand-in broker that hands each accepted socket to `onSocket`. */
@@ -100,6 +101,41 @@ t.test('a text frame is closed with 1003 [MQTT-6.0.0-1]', async (t) => {
   const line = await gw.waitForLog((l) => l.msg === 'connection closed')
   t.match(line, { code: 1003, initiator: 'gateway', bytesToBroker: 0 })
 })
+
+/** A masked client frame (RFC 6455 5.2), payload under 126 bytes. */
+function maskedFrame(opcode: number, payload: Buffer): Buffer {
+  const mask = Buffer.from([0x12, 0x34, 0x56, 0x78])
+  const masked = Buffer.from(payload.map((byte, i) => byte ^ (mask[i % 4] ?? 0)))
+  return Buffer.concat([Buffer.from([0x80 | opcode, 0x80 | payload.length]), mask, masked])
+}
+
+t.test(
+  'a close frame whose reason is not UTF-8 is answered with 1007 (RFC 6455 8.1)',
+  async (t) => {
+    const broker = await startBroker(t, 'aedes')
+    const gw = await startTestGateway(t, broker.port)
+    const socket = net.connect(gw.port, '127.0.0.1')
+    t.teardown(() => socket.destroy())
+    socket.write(`${upgradeRequest('/mqtt').join('\r\n')}\r\n\r\n`)
+    let received = Buffer.alloc(0)
+    const closeFrame = new Promise<Buffer>((resolve) => {
+      socket.on('data', (chunk: Buffer) => {
+        received = Buffer.concat([received, chunk])
+        const end = received.indexOf('\r\n\r\n')
+        // The server's close frame follows the 101: FIN + opcode 8, its code in 2 bytes.
+        if (end !== -1 && received.length >= end + 4 + 4) resolve(received.subarray(end + 4))
+      })
+    })
+    await once(socket, 'data')
+    t.match(received.toString('latin1'), /^HTTP\/1\.1 101 /)
+    socket.write(maskedFrame(0x8, Buffer.from([0x03, 0xe8, 0xff, 0xfe])))
+    const frame = await closeFrame
+    t.equal(frame[0], 0x88, 'a close frame')
+    t.equal(frame.readUInt16BE(2), 1007)
+    const line = await gw.waitForLog((l) => l.msg === 'connection closed')
+    t.match(line, { code: 1007, initiator: 'gateway' })
+  },
+)
 
 t.test('a message over ws.maxPayload is closed with 1009', async (t) => {
   const broker = await startBroker(t, 'aedes')

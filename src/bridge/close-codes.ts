@@ -11,6 +11,8 @@ export const CloseCode = {
   PROTOCOL_ERROR: 1002,
   /** A text frame arrived: MQTT packets travel in binary frames only [MQTT-6.0.0-1]. */
   UNSUPPORTED_DATA: 1003,
+  /** A close frame whose reason is not valid UTF-8 (RFC 6455 7.1.6, 8.1). */
+  INVALID_PAYLOAD: 1007,
   /** An operator closed the connection, or a policy forbids it. */
   POLICY_VIOLATION: 1008,
   /** A message larger than ws.maxPayload arrived. */
@@ -30,6 +32,10 @@ export const CloseReason = {
   brokerClosed: 'broker closed the connection',
   /** DELETE /connections/{id} on the admin listener (sent with POLICY_VIOLATION). */
   closedByOperator: 'closed by an operator',
+  /** tls.closeRevoked, after a reload whose CRL lists the session's certificate. */
+  certificateRevoked: 'client certificate revoked',
+  /** tls.closeRevoked, once the session's certificate is past its notAfter. */
+  certificateExpired: 'client certificate expired',
   shuttingDown: 'server shutting down',
   textFrame: 'text frames are not allowed; MQTT needs binary frames',
   tooBig: 'message larger than the gateway allows',

@@ -83,11 +83,14 @@ export class WebSocketClient implements ClientSide {
     ownerOf(this).#to.clientPong()
   }
 
-  // ws closes the connection itself after these (1009 too big, 1002 protocol errors).
+  // ws closes the connection itself after these, with the code it names (1009 too big, 1007
+  // invalid UTF-8, 1002 for every other protocol error).
   static #onError(this: WebSocket, err: Error & { code?: string }): void {
     const to = ownerOf(this).#to
     if (err.code === 'WS_ERR_UNSUPPORTED_MESSAGE_LENGTH') {
       to.clientFault(CloseCode.MESSAGE_TOO_BIG, CloseReason.tooBig)
+    } else if (err.code === 'WS_ERR_INVALID_UTF8') {
+      to.clientFault(CloseCode.INVALID_PAYLOAD, err.message)
     } else {
       to.clientFault(CloseCode.PROTOCOL_ERROR, err.message)
     }

@@ -106,8 +106,10 @@ export class EdgeServer {
       clientTracking: false,
       maxPayload: ws.maxPayload,
       perMessageDeflate: ws.perMessageDeflate,
-      // Text frames are refused unread [MQTT-6.0.0-1], so checking their UTF-8 is wasted work.
-      skipUTF8Validation: true,
+      // Close reasons must be valid UTF-8 (RFC 6455 8.1: else 1007), and ws checks them only
+      // with validation on. Binary frames, all MQTT sends, are never checked; a text frame is
+      // refused either way [MQTT-6.0.0-1]: 1003, or 1007 when it is not even valid UTF-8.
+      skipUTF8Validation: false,
       handleProtocols: (offered) => pickSubprotocol(offered, this.#policy.subprotocols),
     })
     this.#diagnostics = options.http.diagnostics
