@@ -94,8 +94,12 @@ if (CHROMIUM === undefined) {
       /Still open after 3 s without MQTT traffic; the gateway pings every 0\.5 s/,
       'survived an idle spell longer than the proxy allows',
     )
-    await squid.waitForAccess(new RegExp(`CONNECT 127\\.0\\.0\\.1:${ports.ok} `))
-    t.pass('the checks went through squid')
+    const tunnel = await squid.waitForAccess(new RegExp(`CONNECT 127\\.0\\.0\\.1:${ports.ok} `))
+    t.match(
+      tunnel,
+      /TCP_TUNNEL\/200 .* HIER_DIRECT\/127\.0\.0\.1 /,
+      `the checks went through squid: ${tunnel.trim()}`,
+    )
 
     const report = await page.inputValue('#report')
     t.match(report, /^Drawbridge connection check\n/)

@@ -51,8 +51,12 @@ if (CHROMIUM === undefined) {
   t.test('round trip through squid; its access log shows the CONNECT', async (t) => {
     const page = await browser.page(t)
     await page.goto(site.origin)
-    await squid.waitForAccess(new RegExp(` GET http://127\\.0\\.0\\.1:${site.port}/ `))
-    t.pass('the page itself came through squid (loopback is not bypassed)')
+    const get = await squid.waitForAccess(new RegExp(` GET http://127\\.0\\.0\\.1:${site.port}/ `))
+    t.match(
+      get,
+      /TCP_MISS\/200 .* HIER_DIRECT\/127\.0\.0\.1 /,
+      `the page itself came through squid (loopback is not bypassed): ${get.trim()}`,
+    )
 
     const prefix = `proxy/${Math.random().toString(16).slice(2, 8)}`
     const tcp = await mosquittoSub(t, broker.port, `${prefix}/up`)
