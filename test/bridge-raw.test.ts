@@ -236,9 +236,14 @@ for (const kind of BROKER_KINDS) {
           l.bytesToBroker ===
             connectPacket('clean', { will: { ...will, topic: 'will/clean' } }).length + 2,
       )
-      // Give a wrongly sent will the time to travel before asserting it did not come.
-      await new Promise((resolve) => setTimeout(resolve, 500))
-      t.same(wills, ['will/abrupt'], 'no will after a clean DISCONNECT')
+      // The close is logged once the broker has closed its side, which it does after handling
+      // the DISCONNECT: a will it wrongly sent was queued to the watcher by then. The broker
+      // delivers to the watcher in the order it handled the publishes, so the watcher's own
+      // publish, sent now, arrives after any such will.
+      const fence = nextMessage(watcher, 'will/fence')
+      await watcher.publishAsync('will/fence', 'fence', { qos: 1 })
+      await fence
+      t.same(wills, ['will/abrupt', 'will/fence'], 'no will after a clean DISCONNECT')
     },
   )
 }
@@ -264,7 +269,28 @@ t.test('pings: a client that answers stays, one that does not is terminated', as
     (l) => l.msg === 'connection closed' && l.reason === 'ping timeout',
   )
   t.match(line, { initiator: 'gateway' })
-  await new Promise((resolve) => setTimeout(resolve, 600))
+  // The gateway pings a client again only once it has its pong to the last ping, and sweeps
+  // for overdue pongs on every ping interval: two more pings after the silent one was cut mean
+  // two more sweeps passed over the answering client.
+  const wanted = Math.max(3, pings + 2)
+  await new Promise<void>((resolve, reject) => {
+    const settle = (err?: Error): void => {
+      clearTimeout(deadline)
+      lively.off('ping', onPing)
+      lively.off('close', onClose)
+      if (err) reject(err)
+      else resolve()
+    }
+    const onPing = (): void => {
+      if (pings >= wanted) settle()
+    }
+    const onClose = (code: number): void => settle(new Error(`answering client closed: ${code}`))
+    const deadline = setTimeout(() => settle(new Error(`${pings} of ${wanted} pings`)), 5_000)
+    lively.on('ping', onPing)
+    lively.on('close', onClose)
+    // Cut in the same sweep as the silent one, it has closed already.
+    if (lively.readyState !== WebSocket.OPEN) settle(new Error('answering client closed'))
+  })
   t.equal(lively.readyState, WebSocket.OPEN, 'the answering client is still open')
   t.ok(pings >= 3, `the answering client was pinged repeatedly (${pings})`)
 })

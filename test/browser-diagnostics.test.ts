@@ -41,9 +41,9 @@ const stepText = (page: Page, step: Step): Promise<string> =>
   page.locator(`#steps > li[data-step="${step}"]`).innerText()
 
 if (CHROMIUM === undefined) {
-  t.pass(NO_CHROMIUM)
+  t.plan(0, NO_CHROMIUM)
 } else if (MOSQUITTO === undefined || SQUID === undefined) {
-  t.pass('mosquitto or squid not installed here; CI installs both (.ci/run)')
+  t.plan(0, 'mosquitto or squid not installed here; CI installs both (.ci/run)')
 } else {
   const pki = testPki()
   const ports = { ok: await freePort(), noBroker: await freePort(), noPings: await freePort() }
@@ -94,8 +94,12 @@ if (CHROMIUM === undefined) {
       /Still open after 3 s without MQTT traffic; the gateway pings every 0\.5 s/,
       'survived an idle spell longer than the proxy allows',
     )
-    await squid.waitForAccess(new RegExp(`CONNECT 127\\.0\\.0\\.1:${ports.ok} `))
-    t.pass('the checks went through squid')
+    const tunnel = await squid.waitForAccess(new RegExp(`CONNECT 127\\.0\\.0\\.1:${ports.ok} `))
+    t.match(
+      tunnel,
+      /TCP_TUNNEL\/200 .* HIER_DIRECT\/127\.0\.0\.1 /,
+      `the checks went through squid: ${tunnel.trim()}`,
+    )
 
     const report = await page.inputValue('#report')
     t.match(report, /^Drawbridge connection check\n/)

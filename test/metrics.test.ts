@@ -9,7 +9,7 @@ import { freePort, startBroker, startSilentBroker } from './helpers/broker.js'
 import { connectCounting } from './helpers/counting-client.js'
 import { startTestGateway } from './helpers/gateway.js'
 import { rawRequest, upgradeRequest } from './helpers/raw.js'
-import { delta, parseExposition, scrape, value, type Scrape } from './helpers/scrape.js'
+import { delta, parseExposition, scrape, value } from './helpers/scrape.js'
 
 const C2B = { direction: 'client_to_broker' }
 const B2C = { direction: 'broker_to_client' }
@@ -34,17 +34,15 @@ t.test('MQTT.js clients move the counters by exactly their bytes and frames', as
   })
   for (const payload of payloads) await pub.client.publishAsync('obs/metrics', payload, { qos: 1 })
   await allReceived
-  // The subscriber's PUBACKs are the last bytes of the exchange; wait until the gateway saw them.
+  // The subscriber's PUBACKs are the last bytes of the exchange, and MQTT.js sends each one only
+  // after emitting its message. A SUBACK for a SUBSCRIBE sent after them proves the gateway has
+  // counted them: it counts each frame before forwarding it, and forwards in order.
+  await sub.client.subscribeAsync('obs/metrics/fence', { qos: 0 })
   const puback = 4
   const expectedToBroker = (): number => sub.counts.bytesSent + pub.counts.bytesSent
   t.ok(sub.counts.bytesSent >= 3 * puback, 'subscriber sent its acks')
 
-  let during: Scrape = before
-  for (let i = 0; i < 50; i++) {
-    during = await scrape(gw.adminUrl)
-    if (delta(before, during, 'drawbridge_bytes_total', C2B) === expectedToBroker()) break
-    await new Promise((resolve) => setTimeout(resolve, 20))
-  }
+  const during = await scrape(gw.adminUrl)
   t.equal(value(during, 'drawbridge_connections_active', { listener: 'ws' }), 2, 'two open')
   t.equal(delta(before, during, 'drawbridge_connections_total', { listener: 'ws' }), 2)
   t.equal(delta(before, during, 'drawbridge_bytes_total', C2B), expectedToBroker())
@@ -69,9 +67,7 @@ t.test('MQTT.js clients move the counters by exactly their bytes and frames', as
 
   await Promise.all([sub.client.endAsync(), pub.client.endAsync()])
   await Promise.all([sub.closed, pub.closed])
-  for (let i = 0; i < 100 && gw.logs.filter((l) => l.msg === 'connection closed').length < 2; i++) {
-    await new Promise((resolve) => setTimeout(resolve, 20))
-  }
+  await gw.waitForLogs((l) => l.msg === 'connection closed', 2)
   const closes = gw.logs.filter((l) => l.msg === 'connection closed')
   t.equal(closes.length, 2, 'both connections logged their close')
   const after = await scrape(gw.adminUrl)
@@ -285,10 +281,8 @@ t.test('per-client series are opt-in and capped, the rest counted as other', asy
   a.close()
   b.close()
   await Promise.all([once(a, 'close'), once(b, 'close')])
-  for (let i = 0; i < 100; i++) {
-    if (gw.logs.filter((l) => l.msg === 'connection closed').length === 2) break
-    await new Promise((resolve) => setTimeout(resolve, 20))
-  }
+  // Once both closes are logged, every byte the two sent has been counted.
+  await gw.waitForLogs((l) => l.msg === 'connection closed', 2)
   const s = await scrape(gw.adminUrl)
   t.equal(value(s, 'drawbridge_client_bytes_total', { client: '127.0.0.1', ...C2B }), 2)
   t.equal(value(s, 'drawbridge_client_bytes_total', { client: OTHER_CLIENTS, ...C2B }), 4)

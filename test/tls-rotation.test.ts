@@ -229,23 +229,28 @@ t.test('SIGHUP to the process re-reads --config and serves the new paths', async
     if (child.exitCode === null) child.kill('SIGKILL')
   })
   const lines: LogLine[] = []
-  const waiters: (() => void)[] = []
+  const waiters = new Set<() => void>()
   createInterface({ input: child.stdout }).on('line', (text) => {
     lines.push(JSON.parse(text) as LogLine)
-    for (const wake of waiters.splice(0)) wake()
+    for (const wake of waiters) wake()
   })
-  const waitFor = async (match: (l: LogLine) => boolean): Promise<LogLine> => {
-    const deadline = Date.now() + 10_000
-    for (;;) {
-      const found = lines.find(match)
-      if (found) return found
-      if (Date.now() > deadline) throw new Error('log line not seen within 10 s')
-      await Promise.race([
-        new Promise<void>((resolve) => waiters.push(resolve)),
-        new Promise((resolve) => setTimeout(resolve, 200)),
-      ])
-    }
-  }
+  // Each line the child prints wakes the waiters; the timer is only the deadline.
+  const waitFor = (match: (l: LogLine) => boolean): Promise<LogLine> =>
+    new Promise((resolve, reject) => {
+      const check = (): void => {
+        const found = lines.find(match)
+        if (found === undefined) return
+        waiters.delete(check)
+        clearTimeout(deadline)
+        resolve(found)
+      }
+      const deadline = setTimeout(() => {
+        waiters.delete(check)
+        reject(new Error('log line not seen within 10 s'))
+      }, 10_000)
+      waiters.add(check)
+      check()
+    })
   const listening = await waitFor((l) => l.msg.startsWith('gateway listening'))
   const port = Number(/:(\d+)$/.exec(String(listening.listen))?.[1])
   t.equal(listening.scheme, 'wss')

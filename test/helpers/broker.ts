@@ -1,10 +1,12 @@
 // Real brokers for the tests: Aedes in-process (always), and Mosquitto as a child process when
 // it is on PATH (CI installs it, so there it is required).
-import { spawn, spawnSync } from 'node:child_process'
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process'
+import { once } from 'node:events'
 import { mkdtempSync, writeFileSync } from 'node:fs'
 import net from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
+import type { Readable } from 'node:stream'
 import { startEmbeddedBroker } from '../../src/dev/broker.js'
 
 export interface TestBroker {
@@ -68,11 +70,10 @@ async function startMosquitto(): Promise<TestBroker> {
     ].join('\n'),
   )
   const child = spawn(MOSQUITTO, ['-c', conf], { stdio: ['ignore', 'ignore', 'pipe'] })
-  let stderr = ''
-  child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()))
-  await waitForPort(port, 5_000).catch((err: unknown) => {
+  // Mosquitto says "running" once every listener is open.
+  await waitForOutput(child, /mosquitto version \S+ running/, 5_000).catch((err: unknown) => {
     child.kill('SIGKILL')
-    throw new Error(`mosquitto did not start: ${String(err)}\n${stderr}`)
+    throw new Error(`mosquitto did not start: ${String(err)}`)
   })
   return {
     kind: 'mosquitto',
@@ -90,21 +91,39 @@ async function startMosquitto(): Promise<TestBroker> {
   }
 }
 
-export async function waitForPort(port: number, timeoutMs: number): Promise<void> {
-  const deadline = Date.now() + timeoutMs
-  for (;;) {
-    const ok = await new Promise<boolean>((resolve) => {
-      const socket = net.connect(port, '127.0.0.1')
-      socket.once('connect', () => {
-        socket.destroy()
-        resolve(true)
-      })
-      socket.once('error', () => resolve(false))
-    })
-    if (ok) return
-    if (Date.now() > deadline) throw new Error(`port ${port} not open after ${timeoutMs} ms`)
-    await new Promise((resolve) => setTimeout(resolve, 50))
-  }
+/**
+ * Resolves once what `child` has written to stderr matches `pattern`: a server's own word that it
+ * is up. Rejects, with that output, if it exits first or `timeoutMs` passes.
+ */
+export function waitForOutput(
+  child: ChildProcess & { stderr: Readable },
+  pattern: RegExp,
+  timeoutMs: number,
+): Promise<void> {
+  return new Promise((resolve, reject) => {
+    let stderr = ''
+    const settle = (err?: Error): void => {
+      clearTimeout(deadline)
+      child.stderr.off('data', onData)
+      // Still flowing, with nobody listening: the server never blocks on a full stderr pipe.
+      child.stderr.resume()
+      child.off('exit', onExit)
+      if (err) reject(err)
+      else resolve()
+    }
+    const onData = (chunk: Buffer): void => {
+      stderr += chunk.toString()
+      if (pattern.test(stderr)) settle()
+    }
+    const onExit = (code: number | null, signal: string | null): void =>
+      settle(new Error(`exited (${code ?? signal ?? ''}) before ${String(pattern)}:\n${stderr}`))
+    const deadline = setTimeout(
+      () => settle(new Error(`no ${String(pattern)} within ${timeoutMs} ms:\n${stderr}`)),
+      timeoutMs,
+    )
+    child.stderr.on('data', onData)
+    child.once('exit', onExit)
+  })
 }
 
 /**
@@ -119,13 +138,12 @@ export async function startSilentBroker(t: Teardown): Promise<number> {
     child.stdout.once('data', (chunk: Buffer) => resolve(Number(chunk.toString().trim())))
     child.once('error', reject)
   })
-  const fillers: net.Socket[] = []
-  for (let i = 0; i < 2; i++) {
-    const filler = net.connect(port, '127.0.0.1')
-    filler.on('error', () => undefined)
-    fillers.push(filler)
-  }
-  t.teardown(() => fillers.forEach((s) => s.destroy()))
-  await new Promise((resolve) => setTimeout(resolve, 200))
+  // The listener's backlog of 0 holds one connection: once this one is connected, it fills the
+  // accept queue and the next SYN (the gateway's) goes unanswered. A second filler would hang
+  // the same way, so its 'connect' would never come.
+  const filler = net.connect(port, '127.0.0.1')
+  filler.on('error', () => undefined)
+  t.teardown(() => filler.destroy())
+  await once(filler, 'connect')
   return port
 }

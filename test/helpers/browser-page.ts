@@ -50,6 +50,8 @@ export interface BrowserClient {
   /** Waits (bounded by the page's default timeout) until `count` messages arrived. */
   waitForMessages: (count: number) => Promise<Received[]>
   state: () => Promise<ClientState>
+  /** Waits, up to `timeoutMs`, until the connection has closed; the state then. */
+  waitForClose: (timeoutMs: number) => Promise<ClientState>
   end: () => Promise<void>
 }
 
@@ -80,6 +82,8 @@ export async function connectInPage(
   )
   const received = (): Promise<Received[]> =>
     page.evaluate((id) => (globalThis as unknown as PageApi).drawbridge.received(id), id)
+  const state = (): Promise<ClientState> =>
+    page.evaluate((id) => (globalThis as unknown as PageApi).drawbridge.state(id), id)
   return {
     id,
     subscribe: (topic, qos) =>
@@ -105,7 +109,15 @@ export async function connectInPage(
       )
       return received()
     },
-    state: () => page.evaluate((id) => (globalThis as unknown as PageApi).drawbridge.state(id), id),
+    state,
+    waitForClose: async (timeoutMs) => {
+      await page.waitForFunction(
+        (id) => (globalThis as unknown as PageApi).drawbridge.state(id).closed !== null,
+        id,
+        { polling: 50, timeout: timeoutMs },
+      )
+      return state()
+    },
     end: () => page.evaluate((id) => (globalThis as unknown as PageApi).drawbridge.end(id), id),
   }
 }

@@ -1,8 +1,8 @@
 // Real Chromium for the browser tests: Debian's /usr/bin/chromium driven by playwright-core
 // (which never downloads a browser of its own). Present here -> the browser tests run; absent
 // with CI=true -> this module throws (CI installs it, .ci/run); absent locally -> CHROMIUM is
-// undefined and each browser test file reports that in one line, the way broker.ts does for
-// mosquitto.
+// undefined and each browser test file reports itself skipped with NO_CHROMIUM as the reason
+// (t.plan(0, reason)), never passed.
 //
 // The test CA is trusted the way a deployment trusts a private CA: imported into the NSS
 // database Chromium reads on Linux ($HOME/.pki/nssdb), under a HOME made for this browser. No
@@ -43,7 +43,7 @@ function findChromium(): string | undefined {
 /** Path of the Chromium binary, or undefined when it (or certutil) is not installed here. */
 export const CHROMIUM = findChromium()
 
-/** The one line a browser test file reports when there is no Chromium to drive. */
+/** Why a browser test file skips itself when there is no Chromium to drive. */
 export const NO_CHROMIUM = 'chromium or certutil not installed here; CI installs both (.ci/run)'
 
 // Flags for a quiet, reproducible browser: no GPU, no QUIC (everything over TCP, so a proxy sees

@@ -33,6 +33,12 @@ export interface TestGateway {
   logs: LogLine[]
   /** Resolves with the first log line matching, waiting up to `timeoutMs`. */
   waitForLog: (match: (line: LogLine) => boolean, timeoutMs?: number) => Promise<LogLine>
+  /** Resolves with the first `count` log lines matching, waiting up to `timeoutMs`. */
+  waitForLogs: (
+    match: (line: LogLine) => boolean,
+    count: number,
+    timeoutMs?: number,
+  ) => Promise<LogLine[]>
 }
 
 interface Teardown {
@@ -73,6 +79,31 @@ export async function startTestGateway(
       done()
     },
   })
+  const waitForLogs = (
+    match: (line: LogLine) => boolean,
+    count: number,
+    timeoutMs = 5_000,
+  ): Promise<LogLine[]> =>
+    new Promise((resolve, reject) => {
+      const check = (): boolean => {
+        const found = logs.filter(match)
+        if (found.length < count) return false
+        cleanup()
+        resolve(found.slice(0, count))
+        return true
+      }
+      const timer = setTimeout(() => {
+        cleanup()
+        const seen = logs.filter(match).length
+        reject(new Error(`${seen} of ${count} matching log lines within ${timeoutMs} ms`))
+      }, timeoutMs)
+      const cleanup = (): void => {
+        clearTimeout(timer)
+        waiters.delete(wake)
+      }
+      const wake = (): void => void check()
+      if (!check()) waiters.add(wake)
+    })
   const tlsEvents: TlsEvent[] = []
   const gateway = await startGateway(config, {
     log: createLogger(config.log.level, sink),
@@ -99,25 +130,10 @@ export async function startTestGateway(
     env: fullEnv,
     tlsEvents,
     logs,
-    waitForLog: (match, timeoutMs = 5_000) =>
-      new Promise((resolve, reject) => {
-        const check = (): boolean => {
-          const found = logs.find(match)
-          if (found === undefined) return false
-          cleanup()
-          resolve(found)
-          return true
-        }
-        const timer = setTimeout(() => {
-          cleanup()
-          reject(new Error(`no matching log line within ${timeoutMs} ms`))
-        }, timeoutMs)
-        const cleanup = (): void => {
-          clearTimeout(timer)
-          waiters.delete(wake)
-        }
-        const wake = (): void => void check()
-        if (!check()) waiters.add(wake)
-      }),
+    waitForLog: async (match, timeoutMs = 5_000) => {
+      const [line] = await waitForLogs(match, 1, timeoutMs)
+      return line as LogLine
+    },
+    waitForLogs,
   }
 }

@@ -15,6 +15,8 @@ export interface GatewayProcess {
   exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>
   /** Resident memory of the process in bytes, from /proc. */
   rss: () => number
+  /** Bytes the process has read so far, from any file or socket (rchar in /proc/PID/io). */
+  bytesRead: () => number
 }
 
 /** Only DRAWBRIDGE_* from `env` reach the child: the test machine's own must not leak in. */
@@ -57,6 +59,10 @@ export function spawnGateway(
     rss: () => {
       const status = readFileSync(`/proc/${child.pid ?? 0}/status`, 'utf8')
       return Number(/VmRSS:\s+(\d+) kB/.exec(status)?.[1] ?? 0) * 1024
+    },
+    bytesRead: () => {
+      const io = readFileSync(`/proc/${child.pid ?? 0}/io`, 'utf8')
+      return Number(/^rchar: (\d+)$/m.exec(io)?.[1] ?? 0)
     },
     waitForLog: (match, timeoutMs = 10_000) =>
       new Promise((resolve, reject) => {

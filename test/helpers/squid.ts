@@ -2,10 +2,18 @@
 // instance on an ephemeral loopback port, with a generated config, pid file and logs in a
 // temporary directory, in the foreground (-N), never the system service.
 import { spawn, spawnSync } from 'node:child_process'
-import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import {
+  chmodSync,
+  existsSync,
+  mkdtempSync,
+  readFileSync,
+  rmSync,
+  watch,
+  writeFileSync,
+} from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { freePort, waitForPort, type Teardown } from './broker.js'
+import { freePort, waitForOutput, type Teardown } from './broker.js'
 
 function findSquid(): string | undefined {
   for (const candidate of ['/usr/sbin/squid', '/usr/bin/squid']) {
@@ -40,7 +48,7 @@ export interface Squid {
   url: string
   /** The access log so far: one line per finished request; a tunnel is logged when it closes. */
   accessLog: () => string
-  /** Resolves with the first access.log line matching, polling up to `timeoutMs`. */
+  /** Resolves with the first access.log line matching, waiting up to `timeoutMs`. */
   waitForAccess: (match: RegExp, timeoutMs?: number) => Promise<string>
 }
 
@@ -78,9 +86,8 @@ export async function startSquid(t: Teardown, options: SquidOptions): Promise<Sq
       '',
     ].join('\n'),
   )
-  const child = spawn(SQUID, ['-N', '-f', conf], { stdio: ['ignore', 'ignore', 'pipe'] })
-  let stderr = ''
-  child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()))
+  // -d1: cache.log's level-1 lines on stderr too, among them the one saying squid listens.
+  const child = spawn(SQUID, ['-N', '-d1', '-f', conf], { stdio: ['ignore', 'ignore', 'pipe'] })
   t.teardown(async () => {
     if (child.exitCode === null && child.signalCode === null) {
       const exited = new Promise((resolve) => child.once('exit', resolve))
@@ -91,29 +98,40 @@ export async function startSquid(t: Teardown, options: SquidOptions): Promise<Sq
     }
     rmSync(dir, { recursive: true, force: true })
   })
-  await waitForPort(port, 10_000).catch((err: unknown) => {
-    const log = existsSync(join(dir, 'cache.log'))
-      ? readFileSync(join(dir, 'cache.log'), 'utf8')
-      : ''
-    throw new Error(`squid did not start: ${String(err)}\n${stderr}\n${log}`)
+  const accepting = new RegExp(
+    `Accepting HTTP Socket connections at .*local=127\\.0\\.0\\.1:${port} `,
+  )
+  await waitForOutput(child, accepting, 10_000).catch((err: unknown) => {
+    throw new Error(`squid did not start: ${String(err)}`)
   })
   const read = (): string => (existsSync(accessLog) ? readFileSync(accessLog, 'utf8') : '')
   return {
     port,
     url: `http://127.0.0.1:${port}`,
     accessLog: read,
-    waitForAccess: async (match, timeoutMs = 5_000) => {
-      const deadline = Date.now() + timeoutMs
-      for (;;) {
-        const line = read()
-          .split('\n')
-          .find((l) => match.test(l))
-        if (line !== undefined) return line
-        if (Date.now() > deadline) {
-          throw new Error(`no access.log line matching ${String(match)}:\n${read()}`)
+    waitForAccess: (match, timeoutMs = 5_000) =>
+      new Promise((resolve, reject) => {
+        const find = (): string | undefined =>
+          read()
+            .split('\n')
+            .find((l) => match.test(l))
+        const found = (line: string): void => {
+          clearTimeout(deadline)
+          watcher.close()
+          resolve(line)
         }
-        await new Promise((resolve) => setTimeout(resolve, 100))
-      }
-    },
+        // Every write to access.log (or its creation) wakes this; the timer is only the deadline.
+        const watcher = watch(dir, () => {
+          const line = find()
+          if (line !== undefined) found(line)
+        })
+        const deadline = setTimeout(() => {
+          watcher.close()
+          reject(new Error(`no access.log line matching ${String(match)}:\n${read()}`))
+        }, timeoutMs)
+        // Written before the watch began: already there.
+        const line = find()
+        if (line !== undefined) found(line)
+      }),
   }
 }
