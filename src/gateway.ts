@@ -12,6 +12,7 @@ import type { Config } from './config/schema.js'
 import type { EmbeddedBroker } from './dev/broker.js'
 import type { MqttsListener } from './edge/mqtts.js'
 import { EdgeServer } from './edge/server.js'
+import { CertificateSessions } from './edge/certificate-sessions.js'
 import { TlsManager, type ReloadResult, type TlsEvent, type TlsEventHook } from './edge/tls.js'
 import type { Logger } from './log.js'
 import { createMetrics, type Metrics } from './metrics.js'
@@ -24,6 +25,8 @@ export interface GatewayDeps {
   metrics?: Metrics
   /** Also told about every TLS handshake failure, client refusal and reload (tests listen). */
   onTlsEvent?: TlsEventHook | undefined
+  /** How often open sessions are checked for expired client certificates (default 1 minute). */
+  expiryCheckInterval?: number
 }
 
 export interface Gateway {
@@ -70,8 +73,10 @@ export async function startGateway(config: Config, deps: GatewayDeps): Promise<G
       maxClientSeries: config.metrics.maxClientSeries,
     })
 
+  const connections = new ConnectionRegistry()
   // TLS first: bad material should fail start-up before any port is taken.
   let tls: TlsManager | undefined
+  let sessions: CertificateSessions | undefined
   const tlsListeners = config.tcp.enabled ? (['wss', 'mqtts'] as const) : (['wss'] as const)
   if (config.tls.enabled) {
     if (config.tls.generateDevCerts) {
@@ -87,11 +92,21 @@ export async function startGateway(config: Config, deps: GatewayDeps): Promise<G
           for (const listener of tlsListeners) {
             metrics.setCertificateExpiry(listener, new Date(manager.served.validTo))
           }
+          sessions?.closeRevoked()
         })
         deps.onTlsEvent?.(event)
       },
     })
     tls = manager
+    sessions = new CertificateSessions({
+      connections,
+      tls: manager,
+      log,
+      metrics,
+      ...(deps.expiryCheckInterval !== undefined && {
+        expiryCheckInterval: deps.expiryCheckInterval,
+      }),
+    })
     for (const listener of tlsListeners) {
       metrics.setCertificateExpiry(listener, new Date(manager.served.validTo))
     }
@@ -110,7 +125,6 @@ export async function startGateway(config: Config, deps: GatewayDeps): Promise<G
     )
   }
 
-  const connections = new ConnectionRegistry()
   const connector = new BrokerConnector({
     brokers,
     connectTimeout: config.upstream.connectTimeout,
@@ -184,6 +198,7 @@ export async function startGateway(config: Config, deps: GatewayDeps): Promise<G
     }
     readiness.start()
   }
+  sessions?.start()
   const url = clientUrl(edge.scheme, config.listen.host, address.port, config.ws.path)
   log.info(
     {
@@ -224,6 +239,7 @@ export async function startGateway(config: Config, deps: GatewayDeps): Promise<G
     close() {
       readiness.drain()
       closing ??= (async () => {
+        sessions?.stop()
         tls?.close()
         await Promise.all([edge.close(config.shutdown.grace), mqtts?.close(config.shutdown.grace)])
         // The admin listener outlives the edge so /readyz says 503 throughout the drain.

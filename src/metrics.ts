@@ -42,6 +42,7 @@ export const METRIC = {
   tlsHandshakeFailures: 'tls_handshake_failures_total',
   tlsCertificateExpiry: 'tls_certificate_expiry_timestamp_seconds',
   tlsReloads: 'tls_reloads_total',
+  tlsSessionsClosed: 'tls_sessions_closed_total',
   buildInfo: 'build_info',
   clientConnectionsActive: 'client_connections_active',
   clientBytes: 'client_bytes_total',
@@ -158,6 +159,7 @@ export class Metrics {
   readonly #tlsHandshakeFailures: Counter<'reason'>
   readonly #tlsCertificateExpiry: Gauge<'listener'>
   readonly #tlsReloads: Counter<'result'>
+  readonly #tlsSessionsClosed: Counter<'reason'>
 
   constructor(options: MetricsOptions) {
     this.#options = options
@@ -291,6 +293,13 @@ export class Metrics {
       registers,
     })
     for (const result of ['success', 'failure']) this.#tlsReloads.inc({ result }, 0)
+    this.#tlsSessionsClosed = new Counter({
+      name: name(METRIC.tlsSessionsClosed),
+      help: 'Open sessions closed because their client certificate stopped being valid (tls.closeRevoked), by reason (revoked, expired).',
+      labelNames: ['reason'],
+      registers,
+    })
+    for (const reason of ['revoked', 'expired']) this.#tlsSessionsClosed.inc({ reason }, 0)
     new Gauge({
       name: name(METRIC.buildInfo),
       help: 'Always 1; the labels say which Drawbridge and Node.js versions are running.',
@@ -367,6 +376,10 @@ export class Metrics {
 
   tlsReload(result: 'success' | 'failure'): void {
     this.#tlsReloads.inc({ result })
+  }
+
+  tlsSessionClosed(reason: 'revoked' | 'expired'): void {
+    this.#tlsSessionsClosed.inc({ reason })
   }
 
   setCertificateExpiry(listener: string, notAfter: Date): void {

@@ -70,7 +70,8 @@ function admission(socket: net.Socket): Admission {
 }
 
 function upgradeOf(socket: net.Socket, req: Partial<IncomingMessage>): Upgrade {
-  return { ...admission(socket), req: req as IncomingMessage, protocol: false }
+  const http11 = { httpVersion: '1.1', httpVersionMajor: 1, httpVersionMinor: 1 }
+  return { ...admission(socket), req: { ...http11, ...req } as IncomingMessage, protocol: false }
 }
 
 t.test(
@@ -115,6 +116,7 @@ t.test('request checks: refuse a wrong path, remember the chosen subprotocol', a
     requireOrigin: false,
   })
   const headers = {
+    host: 'localhost',
     upgrade: 'websocket',
     'sec-websocket-key': 'dGhlIHNhbXBsZSBub25jZQ==',
     'sec-websocket-version': '13',

@@ -173,6 +173,11 @@ export class Connection implements ClientEvents {
     return clientIdentityOf(this.tls, this.clientAddress)
   }
 
+  /** True once a close has begun, from either side. */
+  get closing(): boolean {
+    return this.#pending !== undefined || this.closed !== undefined
+  }
+
   /** Resolves once both sides are closed and the close has been logged. */
   whenClosed(): Promise<void> {
     if (this.#finished) return Promise.resolve()

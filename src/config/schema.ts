@@ -153,6 +153,12 @@ export const schema = {
       default: '',
       env: 'DRAWBRIDGE_TLS_CRL',
     },
+    closeRevoked: {
+      doc: 'Close open sessions whose client certificate stops being valid: on every successful reload, those the new tls.crl revokes, and at least once a minute those whose certificate has expired (WebSocket close 1008 with the reason; mqtts: TLS close), logged and counted in drawbridge_tls_sessions_closed_total.',
+      format: 'bool',
+      default: true,
+      env: 'DRAWBRIDGE_TLS_CLOSE_REVOKED',
+    },
     clientAuth: {
       doc: 'Client certificates: none (not asked for), optional (no certificate is fine, an untrusted one is refused), required (a certificate trusted by tls.ca and not revoked is needed).',
       format: ['none', 'optional', 'required'],
@@ -355,6 +361,7 @@ export interface TlsConfig {
   passphrase: string
   ca: string
   crl: string
+  closeRevoked: boolean
   clientAuth: ClientAuth
   minVersion: 'TLSv1.2' | 'TLSv1.3'
   ciphers: string

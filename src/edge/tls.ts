@@ -14,6 +14,7 @@ import tls from 'node:tls'
 import type { ClientCertInfo, ConnectionTls } from '../bridge/connection.js'
 import type { ClientAuth, TlsConfig } from '../config/schema.js'
 import { TlsMaterialError } from '../errors.js'
+import { parseRevocations, type Revocations } from './crl.js'
 import type { Logger } from '../log.js'
 import { peerAddress } from './client-address.js'
 import { parsePemCerts } from './pem.js'
@@ -51,6 +52,8 @@ export interface TlsMaterial {
   /** What createSecureContext()/setSecureContext() get. */
   context: tls.SecureContextOptions
   served: ServedCert
+  /** What tls.crl revokes, to check sessions opened before a reload (empty without a CRL). */
+  revocations: Revocations[]
   /** Hash of every input, to skip reloads that change nothing (watchers fire several times). */
   digest: string
 }
@@ -156,6 +159,7 @@ export function loadTlsMaterial(files: TlsFiles, now = Date.now()): TlsMaterial 
     context.ca = caPem
     hash.update('\0ca\0').update(caPem)
   }
+  let revocations: Revocations[] = []
   if (files.crl !== '') {
     const crlPem = readPem('tls.crl', files.crl)
     if (!crlPem.includes('-----BEGIN X509 CRL-----')) {
@@ -170,8 +174,17 @@ export function loadTlsMaterial(files: TlsFiles, now = Date.now()): TlsMaterial 
   } catch (err) {
     fail('parse', `OpenSSL refused the TLS material: ${(err as Error).message}`, err)
   }
+  // After OpenSSL has accepted the CRL, so its verdict on a broken file is the one reported.
+  if (context.crl !== undefined) {
+    try {
+      revocations = parseRevocations(String(context.crl))
+    } catch (err) {
+      fail('parse', `tls.crl (${files.crl}) does not parse: ${(err as Error).message}`, err)
+    }
+  }
   return {
     context,
+    revocations,
     digest: hash.digest('hex'),
     served: {
       subject: leaf.subject.replace(/\n/g, ', '),
@@ -314,6 +327,16 @@ export class TlsManager {
 
   get served(): ServedCert {
     return this.#material.served
+  }
+
+  /** What the CRL in use revokes. */
+  get revocations(): readonly Revocations[] {
+    return this.#material.revocations
+  }
+
+  /** tls.closeRevoked as the last reload left it. */
+  get closeRevoked(): boolean {
+    return this.#settings.closeRevoked
   }
 
   get clientAuth(): ClientAuth {

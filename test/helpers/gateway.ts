@@ -49,7 +49,7 @@ export async function startTestGateway(
   t: Teardown,
   brokerPort: number,
   env: Record<string, string> = {},
-  deps: { metrics?: Metrics } = {},
+  deps: { metrics?: Metrics; expiryCheckInterval?: number } = {},
 ): Promise<TestGateway> {
   const fullEnv = {
     DRAWBRIDGE_LISTEN_HOST: '127.0.0.1',

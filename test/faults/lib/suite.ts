@@ -10,7 +10,7 @@ import { mkdtempSync, readdirSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import mqtt from 'mqtt'
-import { freePort, MOSQUITTO, waitForPort, type Teardown } from '../../helpers/broker.js'
+import { freePort, MOSQUITTO, waitForOutput, type Teardown } from '../../helpers/broker.js'
 import { listeningPort, spawnGateway, type GatewayProcess } from '../../helpers/process.js'
 
 export type Size = 'short' | 'long'
@@ -142,13 +142,21 @@ export async function startSysMosquitto(t: Teardown): Promise<SysBroker> {
       'persistence false',
       'sys_interval 1',
       'max_queued_messages 100000',
-      'log_dest none',
+      'log_dest stderr',
+      'log_type error',
+      'log_type warning',
+      'log_type notice',
       '',
     ].join('\n'),
   )
   const binary = MOSQUITTO
-  let child = spawn(binary, ['-c', conf], { stdio: 'ignore' })
-  await waitForPort(port, 5_000)
+  // Mosquitto says "running" once every listener is open.
+  const launch = async (): Promise<ReturnType<typeof spawn>> => {
+    const started = spawn(binary, ['-c', conf], { stdio: ['ignore', 'ignore', 'pipe'] })
+    await waitForOutput(started, /mosquitto version \S+ running/, 5_000)
+    return started
+  }
+  let child = await launch()
   let connected = -1
   const waiters = new Set<() => void>()
   const sys = mqtt.connect(`mqtt://127.0.0.1:${port}`, { reconnectPeriod: 200 })
@@ -198,8 +206,7 @@ export async function startSysMosquitto(t: Teardown): Promise<SysBroker> {
       }),
     kill: stop,
     restart: async () => {
-      child = spawn(binary, ['-c', conf], { stdio: 'ignore' })
-      await waitForPort(port, 5_000)
+      child = await launch()
     },
   }
 }
