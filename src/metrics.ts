@@ -24,6 +24,12 @@ import type { ConnectAttempt, ConnectFailureReason } from './upstream/connector.
 
 export const METRIC_PREFIX = 'drawbridge_'
 
+const MISNAMED_DEFAULT_GAUGES = [
+  'nodejs_active_handles_total',
+  'nodejs_active_requests_total',
+  'nodejs_active_resources_total',
+]
+
 /** Metric names without the prefix; the README, dashboard and alert rules use them prefixed. */
 export const METRIC = {
   connectionsActive: 'connections_active',
@@ -308,7 +314,14 @@ export class Metrics {
     }).set({ version: options.version, node: process.version }, 1)
 
     if (options.perClient) this.#registerPerClient(name, registers)
-    if (options.processMetrics !== false) collectDefaultMetrics({ register: this.registry })
+    if (options.processMetrics !== false) {
+      collectDefaultMetrics({ register: this.registry })
+      // prom-client's totals of these three are gauges named like counters, which promtool
+      // flags; the per-type gauges beside them stay (sum(nodejs_active_handles) is the total).
+      for (const gaugeNamedLikeACounter of MISNAMED_DEFAULT_GAUGES) {
+        this.registry.removeSingleMetric(gaugeNamedLikeACounter)
+      }
+    }
   }
 
   get contentType(): PrometheusContentType {

@@ -69,9 +69,14 @@ function admission(socket: net.Socket): Admission {
   return { socket, upstream: undefined, onEnd: [] }
 }
 
-function upgradeOf(socket: net.Socket, req: Partial<IncomingMessage>): Upgrade {
-  const http11 = { httpVersion: '1.1', httpVersionMajor: 1, httpVersionMinor: 1 }
-  return { ...admission(socket), req: { ...http11, ...req } as IncomingMessage, protocol: false }
+// validateUpgrade reads only these fields of a request.
+function upgradeOf(
+  socket: net.Socket,
+  req: Pick<IncomingMessage, 'method' | 'url' | 'headers'>,
+): Upgrade {
+  const http11 = { httpVersion: '1.1', httpVersionMajor: 1, httpVersionMinor: 1, rawHeaders: [] }
+  const full = { ...http11, ...req } as unknown as IncomingMessage
+  return { ...admission(socket), req: full, protocol: false }
 }
 
 t.test(

@@ -180,6 +180,20 @@ const PROMTOOL = skipWithout(
   runs('promtool', ['--version']),
   'Debian package prometheus, .ci/run',
 )
+t.test(
+  'promtool check metrics finds nothing to say about /metrics',
+  { skip: PROMTOOL },
+  async (t) => {
+    const broker = await startBroker(t, 'aedes')
+    const gw = await startTestGateway(t, broker.port)
+    const { text } = await scrape(gw.adminUrl)
+    t.match(text, /nodejs_active_handles\{/, 'the per-type handle gauges are still there')
+    const check = spawnSync('promtool', ['check', 'metrics'], { input: text, encoding: 'utf8' })
+    t.equal(check.status, 0, 'exit status')
+    t.equal(`${check.stdout}${check.stderr}`, '', 'no lint findings')
+  },
+)
+
 t.test('promtool check rules and promtool test rules pass', { skip: PROMTOOL }, async (t) => {
   const check = spawnSync('promtool', ['check', 'rules', ALERTS], { encoding: 'utf8' })
   t.equal(check.status, 0, `promtool check rules\n${check.stdout}${check.stderr}`)
