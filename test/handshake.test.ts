@@ -35,6 +35,7 @@ function request(
     method,
     url,
     headers,
+    rawHeaders: Object.entries(headers).flat(),
     httpVersion,
     httpVersionMajor: major,
     httpVersionMinor: minor,
@@ -415,3 +416,43 @@ t.test(
     t.equal(gw.gateway.connections.size, 0)
   },
 )
+
+t.test(
+  'two Host lines, a bad Host, a body, a CONNECT request: each refused with its answer',
+  async (t) => {
+    const broker = await startBroker(t, 'aedes')
+    const gw = await startTestGateway(t, broker.port)
+    const twoHosts = upgradeRequest('/mqtt')
+    twoHosts.push('Host: other.example')
+    t.equal((await rawRequest(gw.port, twoHosts)).status, 400, 'two Host lines (RFC 9112 3.2)')
+    const badHost = await rawRequest(gw.port, upgradeRequest('/mqtt', { Host: 'local host' }))
+    t.equal(badHost.status, 400, 'a Host that is not a host')
+    t.match(badHost.body, /exactly one Host header with a valid host/)
+    const withBody = upgradeRequest('/mqtt', { 'Content-Length': '4' })
+    const body = await rawRequest(gw.port, withBody)
+    t.equal(body.status, 400, 'a body would be read as WebSocket frames')
+    t.match(body.body, /carries no body/)
+    const connect = await rawRequest(gw.port, [
+      'CONNECT 127.0.0.1:1883 HTTP/1.1',
+      'Host: 127.0.0.1:1883',
+    ])
+    t.equal(connect.status, 405, 'CONNECT: we are no forward proxy')
+    t.equal(connect.headers.allow, 'GET')
+    await gw.waitForLog((l) => l.msg === 'upgrade refused' && l.status === 405)
+    t.equal(gw.gateway.connections.size, 0)
+  },
+)
+
+t.test('an upgrade that ws itself refuses leaves no broker socket behind', async (t) => {
+  const broker = await startBroker(t, 'aedes')
+  const gw = await startTestGateway(t, broker.port, { DRAWBRIDGE_WS_PER_MESSAGE_DEFLATE: 'true' })
+  // Our checks do not read the extension offer; ws does, once the broker is connected.
+  const res = await rawRequest(
+    gw.port,
+    upgradeRequest('/mqtt', { 'Sec-WebSocket-Extensions': 'permessage-deflate; =broken' }),
+  )
+  t.equal(res.status, 400)
+  await gw.waitForLog((l) => l.msg === 'ws refused the upgrade')
+  await gw.gateway.whenBrokerSocketsClosed()
+  t.equal(gw.gateway.brokerSocketsOpen, 0)
+})

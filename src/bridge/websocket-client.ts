@@ -87,7 +87,10 @@ export class WebSocketClient implements ClientSide {
   // invalid UTF-8, 1002 for every other protocol error).
   static #onError(this: WebSocket, err: Error & { code?: string }): void {
     const to = ownerOf(this).#to
-    if (err.code === 'WS_ERR_UNSUPPORTED_MESSAGE_LENGTH') {
+    if (
+      err.code === 'WS_ERR_UNSUPPORTED_MESSAGE_LENGTH' ||
+      err.code === 'WS_ERR_UNSUPPORTED_DATA_PAYLOAD_LENGTH'
+    ) {
       to.clientFault(CloseCode.MESSAGE_TOO_BIG, CloseReason.tooBig)
     } else if (err.code === 'WS_ERR_INVALID_UTF8') {
       to.clientFault(CloseCode.INVALID_PAYLOAD, err.message)

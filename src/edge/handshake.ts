@@ -22,6 +22,9 @@ export type HandshakeDecision =
 
 // Sec-WebSocket-Key is 16 random bytes in base64 (RFC 6455 section 4.1, item 7).
 const KEY_PATTERN = /^[+/0-9A-Za-z]{22}==$/
+// RFC 3986 3.2.2-3.2.3: an IP literal in brackets, or a reg-name (an IPv4 address is one too),
+// then an optional port.
+const HOST_PATTERN = /^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~%!$&'()*+,;=]+)(?::\d*)?$/
 // RFC 7230 token characters: what a subprotocol name may be made of.
 const TOKEN_PATTERN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/
 
@@ -50,6 +53,19 @@ export function validateUpgrade(req: IncomingMessage, policy: HandshakePolicy): 
   }
   if (req.headers.host === undefined || req.headers.host.trim() === '') {
     return refuse(Refusals.noHost())
+  }
+  // Node keeps the first of several Host lines; RFC 9112 3.2 answers such a request 400.
+  if (countHeader(req.rawHeaders, 'host') > 1 || !HOST_PATTERN.test(req.headers.host.trim())) {
+    return refuse(Refusals.badHost())
+  }
+  // Bytes after the headers of an upgrade are read as WebSocket frames: a body would be
+  // smuggled into the connection (RFC 9112 6.3 makes them the request's content).
+  const length = req.headers['content-length']
+  if (
+    (length !== undefined && length.trim() !== '0') ||
+    req.headers['transfer-encoding'] !== undefined
+  ) {
+    return refuse(Refusals.upgradeBody())
   }
   if (req.headers.upgrade?.toLowerCase() !== 'websocket') return refuse(Refusals.badUpgradeHeader())
   const key = req.headers['sec-websocket-key']
@@ -130,6 +146,15 @@ export function pickSubprotocol(
 ): string | false {
   for (const name of offered) if (accepted.has(name)) return name
   return false
+}
+
+/** How many header lines named `name` (lower case) the request had. */
+function countHeader(rawHeaders: readonly string[], name: string): number {
+  let count = 0
+  for (let i = 0; i < rawHeaders.length; i += 2) {
+    if (rawHeaders[i]?.toLowerCase() === name) count++
+  }
+  return count
 }
 
 function refuse(refusal: Refusal): HandshakeDecision {

@@ -92,6 +92,14 @@ export const Refusals = {
   httpVersion: (version: string) =>
     refusal(400, 'malformed', `WebSocket upgrades need HTTP/1.1 or later, not HTTP/${version}`),
   noHost: () => refusal(400, 'malformed', 'the request has no Host header'),
+  badHost: () =>
+    refusal(400, 'malformed', 'the request needs exactly one Host header with a valid host'),
+  upgradeBody: () =>
+    refusal(
+      400,
+      'malformed',
+      'an upgrade request carries no body (Content-Length, Transfer-Encoding)',
+    ),
   badUpgradeHeader: () => refusal(400, 'malformed', 'invalid Upgrade header: expected "websocket"'),
   badKey: () => refusal(400, 'malformed', 'missing or invalid Sec-WebSocket-Key header'),
   badVersion: () =>

@@ -137,6 +137,9 @@ export class EdgeServer {
     this.#server.on('request', this.#onRequest)
     this.#server.on('upgrade', this.#onUpgrade)
     this.#server.on('clientError', this.#onClientError)
+    // A CONNECT request (a client that took us for a forward proxy) gets its answer too; without a
+    // listener Node would close the socket without a word.
+    this.#server.on('connect', this.#onConnect)
   }
 
   async listen(): Promise<AddressInfo> {
@@ -224,6 +227,11 @@ export class EdgeServer {
     this.#upgrade(req, socket, head).catch((err: unknown) => this.#upgradeFailed(err, req, socket))
   }
 
+  readonly #onConnect = (req: http.IncomingMessage, socket: Duplex): void => {
+    this.#clearHandshakeTimer(req.socket)
+    this.#refuse.socket(socket, req, Refusals.method())
+  }
+
   async #upgrade(req: http.IncomingMessage, socket: Duplex, head: Buffer): Promise<void> {
     const upgrade: Upgrade = { req, socket, upstream: undefined, onEnd: [], protocol: false }
     const outcome = await admit(this.#steps, upgrade, (accepted) => this.#accept(accepted, head))
@@ -251,8 +259,11 @@ export class EdgeServer {
     const { req, socket, protocol } = upgrade
     const upstream = upgrade.upstream
     if (upstream === undefined) throw new Error('accepted an upgrade without a broker connection')
-    // The last step checked the socket can read and write, so ws calls back at once.
+    // The last step checked the socket can read and write, so ws calls back at once, unless it
+    // refuses the request itself (it answers and destroys the socket without calling back).
+    let handedOver = false
     this.#wss.handleUpgrade(req, socket, head, (ws: WebSocket) => {
+      handedOver = true
       const connection = new Connection(
         new WebSocketClient(ws),
         upstream.socket,
@@ -271,6 +282,13 @@ export class EdgeServer {
       this.#connections.add(connection)
       this.#metrics.connectionOpened(this.scheme)
     })
+    // A check of ws's own that ours let through must not leave the broker socket without owner.
+    // (The rule cannot see the callback above set it.)
+    // eslint-disable-next-line @typescript-eslint/no-unnecessary-condition
+    if (!handedOver) {
+      upstream.socket.destroy()
+      this.#log.warn({ remote: peerAddress(req.socket), path: req.url }, 'ws refused the upgrade')
+    }
   }
 
   /** The client's address, from a trusted proxy's headers when the peer is one. */
