@@ -309,8 +309,8 @@ const rows: Row[] = [
     ...malformed,
   },
   {
-    // defect? RFC 9110 5.6.1: "a recipient MUST accept lists that contain empty list elements"
-    // ("mqtt," is the list of one element, mqtt).
+    // defect? RFC 9110 5.6.1.2: "a recipient MUST parse and ignore a reasonable number of empty
+    // list elements" ("mqtt," is the list of one element, mqtt).
     name: 'Sec-WebSocket-Protocol: mqtt, (an empty list element)',
     request: upgrade('/mqtt', { 'Sec-WebSocket-Protocol': 'mqtt,' }),
     ...accepted,
