@@ -224,7 +224,8 @@ t.test('origin rules (pure): exact scheme, host and port; *. for subdomains only
 t.test('subprotocol helpers', async (t) => {
   t.same(parseSubprotocols(undefined), [])
   t.same(parseSubprotocols(' mqtt ,mqttv3.1'), ['mqtt', 'mqttv3.1'])
-  t.equal(parseSubprotocols('a,,b'), null)
+  // RFC 9110 5.6.1.2: a recipient ignores empty list elements.
+  t.same(parseSubprotocols('a,,b'), ['a', 'b'])
   t.equal(pickSubprotocol(['x', 'y'], new Set(['mqtt'])), false)
   t.equal(requestPath('/mqtt#frag'), '/mqtt')
   t.equal(requestPath(undefined), '/')

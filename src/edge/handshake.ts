@@ -67,7 +67,9 @@ export function validateUpgrade(req: IncomingMessage, policy: HandshakePolicy): 
   ) {
     return refuse(Refusals.upgradeBody())
   }
-  if (req.headers.upgrade?.toLowerCase() !== 'websocket') return refuse(Refusals.badUpgradeHeader())
+  // A list may offer several protocols (RFC 9110 7.8); it must include websocket (RFC 6455 4.1).
+  const upgrade = (req.headers.upgrade ?? '').split(',').map((name) => name.trim().toLowerCase())
+  if (!upgrade.includes('websocket')) return refuse(Refusals.badUpgradeHeader())
   const key = req.headers['sec-websocket-key']
   if (key === undefined || !KEY_PATTERN.test(key)) return refuse(Refusals.badKey())
   const version = req.headers['sec-websocket-version']
@@ -130,7 +132,11 @@ export function sameOrigin(origin: string, host: string | undefined): boolean {
  */
 export function parseSubprotocols(header: string | undefined): string[] | null {
   if (header === undefined || header.trim() === '') return []
-  const names = header.split(',').map((name) => name.trim())
+  // Empty list elements are ignored, as RFC 9110 5.6.1.2 asks of a recipient.
+  const names = header
+    .split(',')
+    .map((name) => name.trim())
+    .filter((name) => name !== '')
   const seen = new Set<string>()
   for (const name of names) {
     if (!TOKEN_PATTERN.test(name) || seen.has(name)) return null

