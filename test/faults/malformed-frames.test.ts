@@ -136,9 +136,9 @@ const rows: Row[] = [
     close: 1002,
   })),
   {
-    // Was a defect (issue 12), fixed: it used to get 101 / 1000.
+    // Was a defect (issue 12), fixed.
     // RFC 6455 5.5.1: the reason is UTF-8; 8.1: invalid UTF-8 MUST fail the connection, and
-    // 7.4.1 names 1007 for it. The gateway echoes 1000 with the bad bytes.
+    // 7.4.1 names 1007 for it.
     name: 'close 1000 with an invalid UTF-8 reason',
     send: [close(1000, Buffer.from([0x62, 0x79, 0xc3, 0x28, 0xff]))],
     close: 1007,

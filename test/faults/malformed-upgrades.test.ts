@@ -126,7 +126,7 @@ const rows: Row[] = [
 
   // The request line and Host.
   {
-    // Was a defect (issue 12), fixed: it used to get 101 / 1000.
+    // Was a defect (issue 12), fixed.
     // RFC 6455 4.1 item 2: the method MUST be GET and the HTTP version at least 1.1 (and RFC
     // 9110 7.8: a server MUST ignore Upgrade in an HTTP/1.0 request).
     name: 'an upgrade over HTTP/1.0',
@@ -134,7 +134,7 @@ const rows: Row[] = [
     ...malformed,
   },
   {
-    // Was a defect (issue 12), fixed: it used to get 101 / 1000.
+    // Was a defect (issue 12), fixed.
     // RFC 9112 3.2: a server MUST answer 400 to an HTTP/1.1 request without a Host header.
     name: 'no Host header',
     request: upgrade('/mqtt', { Host: undefined }),
