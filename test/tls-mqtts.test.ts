@@ -4,7 +4,7 @@
 import { writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import t from 'tap'
-import { startBroker } from './helpers/broker.js'
+import { startBroker, type Teardown } from './helpers/broker.js'
 import { startTestGateway } from './helpers/gateway.js'
 import { testPki, tlsEnv, writeServerFiles } from './helpers/pki.js'
 import { eventually, scrape, value } from './helpers/scrape.js'
@@ -12,7 +12,8 @@ import { connectMqtt, roundTrip, runPaho, tryMqtt } from './helpers/tls-clients.
 
 const pki = testPki()
 
-t.test('mqtts round trip with a client certificate, refusal without one', async (t) => {
+/** A gateway with the mqtts listener on, client certificates required, in front of Aedes. */
+async function startMqttsGateway(t: Teardown) {
   const broker = await startBroker(t, 'aedes')
   const files = writeServerFiles(t, pki)
   const gw = await startTestGateway(
@@ -22,6 +23,11 @@ t.test('mqtts round trip with a client certificate, refusal without one', async 
   )
   const port = gw.mqttsPort
   if (port === undefined) throw new Error('no mqtts listener')
+  return { gw, files, port }
+}
+
+t.test('mqtts round trip with a client certificate, refusal without one', async (t) => {
+  const { gw, files, port } = await startMqttsGateway(t)
   const url = `mqtts://127.0.0.1:${port}`
 
   const device = await connectMqtt(url, { ca: pki.ca.cert, client: pki.clients.good })
@@ -87,15 +93,7 @@ t.test('mqtts round trip with a client certificate, refusal without one', async 
 })
 
 t.test('mqtts clients are in /connections and can be closed from the admin API', async (t) => {
-  const broker = await startBroker(t, 'aedes')
-  const files = writeServerFiles(t, pki)
-  const gw = await startTestGateway(
-    t,
-    broker.port,
-    tlsEnv(files, { DRAWBRIDGE_TLS_CLIENT_AUTH: 'required', DRAWBRIDGE_TCP_ENABLED: 'true' }),
-  )
-  const port = gw.mqttsPort
-  if (port === undefined) throw new Error('no mqtts listener')
+  const { gw, port } = await startMqttsGateway(t)
   const device = await connectMqtt(`mqtts://127.0.0.1:${port}`, {
     ca: pki.ca.cert,
     client: pki.clients.good,

@@ -54,21 +54,22 @@ export async function freePort(): Promise<number> {
   return port
 }
 
+/**
+ * A mosquitto.conf for one anonymous loopback listener on `port`, logging to stderr (where
+ * waitForOutput reads its "running" line), plus `extra` lines. Returns its path.
+ */
+export function writeMosquittoConf(port: number, extra: readonly string[] = []): string {
+  const dir = mkdtempSync(join(tmpdir(), 'drawbridge-mosquitto-'))
+  const conf = join(dir, 'mosquitto.conf')
+  const lines = [`listener ${port} 127.0.0.1`, 'allow_anonymous true', 'persistence false']
+  writeFileSync(conf, [...lines, 'log_dest stderr', ...extra, ''].join('\n'))
+  return conf
+}
+
 async function startMosquitto(): Promise<TestBroker> {
   if (MOSQUITTO === undefined) throw new Error('mosquitto is not installed')
   const port = await freePort()
-  const dir = mkdtempSync(join(tmpdir(), 'drawbridge-mosquitto-'))
-  const conf = join(dir, 'mosquitto.conf')
-  writeFileSync(
-    conf,
-    [
-      `listener ${port} 127.0.0.1`,
-      'allow_anonymous true',
-      'persistence false',
-      'log_dest stderr',
-      '',
-    ].join('\n'),
-  )
+  const conf = writeMosquittoConf(port)
   const child = spawn(MOSQUITTO, ['-c', conf], { stdio: ['ignore', 'ignore', 'pipe'] })
   // Mosquitto says "running" once every listener is open.
   await waitForOutput(child, /mosquitto version \S+ running/, 5_000).catch((err: unknown) => {

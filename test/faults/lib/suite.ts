@@ -6,11 +6,15 @@
 //   npm run faults    the long size, for a release (FAULTS_SIZE=long)
 //   FAULTS_SEED=1234  replays a run: every case prints the seed it used
 import { spawn } from 'node:child_process'
-import { mkdtempSync, readdirSync, writeFileSync } from 'node:fs'
-import { tmpdir } from 'node:os'
-import { join } from 'node:path'
+import { readdirSync } from 'node:fs'
 import mqtt from 'mqtt'
-import { freePort, MOSQUITTO, waitForOutput, type Teardown } from '../../helpers/broker.js'
+import {
+  freePort,
+  MOSQUITTO,
+  waitForOutput,
+  writeMosquittoConf,
+  type Teardown,
+} from '../../helpers/broker.js'
 import { listeningPort, spawnGateway, type GatewayProcess } from '../../helpers/process.js'
 
 export type Size = 'short' | 'long'
@@ -132,23 +136,14 @@ export interface SysBroker {
 export async function startSysMosquitto(t: Teardown): Promise<SysBroker> {
   if (MOSQUITTO === undefined) throw new Error('mosquitto is not installed (.ci/run installs it)')
   const port = await freePort()
-  const dir = mkdtempSync(join(tmpdir(), 'drawbridge-faults-'))
-  const conf = join(dir, 'mosquitto.conf')
-  writeFileSync(
-    conf,
-    [
-      `listener ${port} 127.0.0.1`,
-      'allow_anonymous true',
-      'persistence false',
-      'sys_interval 1',
-      'max_queued_messages 100000',
-      'log_dest stderr',
-      'log_type error',
-      'log_type warning',
-      'log_type notice',
-      '',
-    ].join('\n'),
-  )
+  // $SYS every second; only errors, warnings and notices on stderr, however many clients come.
+  const conf = writeMosquittoConf(port, [
+    'sys_interval 1',
+    'max_queued_messages 100000',
+    'log_type error',
+    'log_type warning',
+    'log_type notice',
+  ])
   const binary = MOSQUITTO
   // Mosquitto says "running" once every listener is open.
   const launch = async (): Promise<ReturnType<typeof spawn>> => {
