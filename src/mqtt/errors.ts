@@ -1,0 +1,68 @@
+// The one error the framer reports: a packet that breaks the MQTT framing rules. One class
+// and one code, like TlsMaterialError, with `reason` the short label that says what was wrong
+// (for logs and a counter's label) and a message an operator can read. The message names the
+// packet and the field, never a field's value: a CONNECT's bytes may hold a password.
+import { DrawbridgeError } from '../errors.js'
+
+/** What was wrong, one label per rule the framer checks. */
+export type MalformedReason =
+  /** A Remaining Length whose fourth byte still has the continuation bit set. */
+  | 'remaining_length'
+  /** Type 0, or type 15 (AUTH) before MQTT 5. */
+  | 'reserved_type'
+  /** A type this side never sends: SUBACK from a client, PINGREQ from a broker... */
+  | 'unexpected_type'
+  /** A client's first packet is not a CONNECT [MQTT-3.1.0-1]. */
+  | 'expected_connect'
+  /** A broker's first packet is not a CONNACK (nor, in MQTT 5, an AUTH). */
+  | 'expected_connack'
+  /** A client sent CONNECT twice [MQTT-3.1.0-2]. */
+  | 'second_connect'
+  /** A broker sent CONNACK twice. */
+  | 'second_connack'
+  /** Header flag bits other than the fixed ones [MQTT-2.2.2-1], or a PUBLISH with QoS 3. */
+  | 'header_flags'
+  /** A remaining length the packet type cannot have (a PINGREQ with a body, a short PUBACK). */
+  | 'packet_length'
+  /** A CONNECT larger than the framer reads (maxConnectSize). */
+  | 'connect_too_large'
+  /** A CONNECT whose protocol name is not "MQTT" (or "MQIsdp" for 3.1). */
+  | 'protocol_name'
+  /** A protocol level other than 3, 4, 5, or one that does not go with the protocol name. */
+  | 'protocol_level'
+  /** CONNECT flags the spec forbids: reserved bit, will QoS 3, will QoS without a will... */
+  | 'connect_flags'
+  /** A length declared inside a CONNECT runs past the CONNECT's remaining length. */
+  | 'connect_overrun'
+  /** Bytes left in a CONNECT after its last field. */
+  | 'connect_trailing'
+  /** A CONNECT string (client id, will topic, username) that is not valid UTF-8 or holds U+0000. */
+  | 'connect_utf8'
+  /** CONNACK acknowledge flags with reserved bits set [MQTT-3.2.2-1]. */
+  | 'connack_flags'
+
+export class MqttMalformedError extends DrawbridgeError {
+  static readonly code = 'DRAWBRIDGE_ERR_MQTT_MALFORMED'
+  readonly reason: MalformedReason
+  /** Who sent the packet. */
+  readonly sender: 'client' | 'broker'
+  /** The packet's type (0-15), from its first byte. */
+  readonly packetType: number
+  /** Where the packet starts in the stream the framer read, in bytes from its first. */
+  readonly offset: number
+
+  constructor(
+    reason: MalformedReason,
+    detail: string,
+    where: { sender: 'client' | 'broker'; packetType: number; offset: number },
+  ) {
+    super(
+      MqttMalformedError.code,
+      `malformed MQTT from the ${where.sender}: ${detail} (packet at byte ${where.offset})`,
+    )
+    this.reason = reason
+    this.sender = where.sender
+    this.packetType = where.packetType
+    this.offset = where.offset
+  }
+}

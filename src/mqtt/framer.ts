@@ -1,0 +1,457 @@
+// A streaming MQTT framer for one direction of one connection: it finds the packet boundaries
+// in a byte stream cut anywhere (a WebSocket frame may carry part of a packet or several
+// [MQTT-6.0.0-2]), judges each packet's fixed header against the spec (packet.ts), reads the
+// client's CONNECT and the broker's CONNACK (connect.ts), and says how much of each chunk is
+// safe to forward: everything up to the first packet that must not reach the other side.
+//
+// It is a state machine over bytes, not a parser. It keeps a packet's fixed header (2 to 5
+// bytes) until the header is complete and judged, because a header may straddle two chunks
+// and no byte of a packet is forwarded before its header is judged: this is what lets a caller
+// refuse a packet by its type or size with nothing of it sent. Past the header it only counts
+// the remaining length down, whatever the chunking; the payload is never copied, buffered or
+// looked at. The exceptions are the CONNECT (read whole before any of it is forwarded: a bad
+// field anywhere in it must not reach the broker; copied only when its body spans chunks, and
+// at most maxConnectSize bytes) and the CONNACK's first two bytes.
+//
+// Cost per packet: the header's bytes are read one by one (2-5 of them), judged with a few
+// reads of precomputed tables (packet.ts), and the body is skipped with one subtraction per
+// chunk it spans; so a chunk costs O(packets that start in it), whatever its size. Nothing is
+// allocated per packet, except for the CONNECT and CONNACK (once per connection). Per chunk:
+// the result object, and a copy of the 1-6 header bytes when a header straddles chunks (so at
+// most one per chunk: only a chunk's first packet can have begun in an earlier one).
+import { MqttMalformedError, type MalformedReason } from './errors.js'
+import { readConnack, readConnect, type ConnackInfo, type ConnectInfo } from './connect.js'
+import {
+  PACKET_NAMES,
+  PacketType,
+  badFlags,
+  rulesFor,
+  type LevelRules,
+  type PacketTypeValue,
+  type ProtocolLevel,
+  type Sender,
+} from './packet.js'
+
+/**
+ * The default of maxConnectSize: far above real CONNECTs (a few hundred bytes; a will payload
+ * is the big one), well below the ~320 KiB that five 64 KiB fields allow.
+ */
+export const DEFAULT_MAX_CONNECT_SIZE = 64 * 1024
+
+/**
+ * What the framer tells its owner, synchronously, from inside push() (which a handler must not
+ * call again). Methods are called on the object itself, so a Connection can implement them as
+ * it does ClientEvents; each is optional.
+ */
+export interface FramerEvents {
+  /**
+   * A packet's fixed header is complete and judged sound; none of its bytes has been released
+   * yet. `size` is the whole packet: fixed header plus remaining length. Return false to refuse
+   * it (e.g. over a maximum size): push() then stops before it, as it does at a malformed packet
+   * but with no error. A CONNECT is reported here before it is read: mqttConnect follows once
+   * it has been read whole and found sound; a CONNACK's mqttConnack once its 2 bytes are.
+   */
+  mqttPacket?(type: PacketTypeValue, flags: number, size: number): boolean
+  /** The client's CONNECT was read and is sound (client-side framer). */
+  mqttConnect?(info: ConnectInfo): void
+  /** The broker's CONNACK (its first two bytes) was read (broker-side framer). */
+  mqttConnack?(info: ConnackInfo): void
+}
+
+export interface FramerOptions {
+  /** Whose bytes the framer reads: a client's start with a CONNECT, a broker's with a CONNACK. */
+  from: Sender
+  events?: FramerEvents
+  /** The largest CONNECT, in bytes with its fixed header, the framer reads before forwarding. */
+  maxConnectSize?: number
+  /**
+   * Broker side: the level the client's CONNECT named, when known at construction; else see
+   * setLevel() and MqttFramer.pair(). Ignored on the client side, where the CONNECT says it.
+   */
+  level?: ProtocolLevel
+}
+
+export interface PairOptions {
+  client?: FramerEvents
+  broker?: FramerEvents
+  maxConnectSize?: number
+}
+
+/** Both directions of one connection; the client one tells the broker one the CONNECT's level. */
+export interface FramerPair {
+  fromClient: MqttFramer
+  fromBroker: MqttFramer
+}
+
+/**
+ * What one push() found. The bytes safe to forward are `released` (if any) followed by the
+ * chunk's first `forward` bytes; concatenated over all pushes they are the stream received, up
+ * to the first packet the framer stopped at. The bytes after `forward` that are not forwarded
+ * are either the start of a packet the framer holds until it is judged (it keeps its own copy,
+ * and releases it from a later push) or, once stopped, the refused packet and what follows.
+ *
+ *     const result = framer.push(chunk)
+ *     if (result.released) socket.write(result.released)
+ *     if (result.forward === chunk.length) socket.write(chunk)
+ *     else if (result.forward > 0) socket.write(chunk.subarray(0, result.forward))
+ *     if (result.stopped) ... close, with result.error when there is one
+ */
+export interface FramerResult {
+  /** Bytes of earlier chunks held back until now, to forward before this chunk's. */
+  readonly released: Buffer | undefined
+  /** How many bytes at the start of the chunk are safe to forward. */
+  readonly forward: number
+  /** True once the framer stopped (malformed or refused packet); it stays stopped. */
+  readonly stopped: boolean
+  /** Why it stopped, when a packet was malformed (undefined for a refusal). */
+  readonly error: MqttMalformedError | undefined
+}
+
+// Where in a packet the next byte of the stream falls.
+const START = 0 // the first byte of a packet
+const LENGTH = 1 // a Remaining Length byte
+const BODY = 2 // a byte to count down, past the judged header
+const CONNECT_BODY = 3 // a CONNECT byte, copied (the CONNECT spans chunks)
+const CONNACK_BODY = 4 // one of the CONNACK's acknowledge flags and code
+
+const HEAD_SIZE = 8 // 5 header bytes, then the CONNACK's 2
+
+export class MqttFramer {
+  readonly sender: Sender
+  readonly #events: FramerEvents | undefined
+  readonly #maxConnectSize: number
+  #level: ProtocolLevel | 0
+  #rules: LevelRules
+  /** The broker-side framer to tell the CONNECT's level (MqttFramer.pair). */
+  #peer: MqttFramer | undefined
+  /** The CONNECT (client) or CONNACK (broker) has been read. */
+  #opened = false
+  #state = START
+  /** The current packet's fixed header (then the CONNACK's two bytes). */
+  readonly #head = Buffer.alloc(HEAD_SIZE)
+  #headLength = 0
+  #headerSize = 0
+  #type = 0
+  #flags = 0
+  /** The Remaining Length, as decoded so far. */
+  #length = 0
+  #multiplier = 1
+  /** Bytes of the current packet's body still to count down. */
+  #left = 0
+  /** Bytes of the current packet from earlier chunks, not yet released (in #head or #connect). */
+  #held = 0
+  /** A CONNECT being gathered across chunks. */
+  #connect: Buffer | undefined
+  #connectFill = 0
+  /** The stream offset of the chunk being pushed, and of the current packet's first byte. */
+  #position = 0
+  #packetStart = 0
+  #stopped = false
+  #error: MqttMalformedError | undefined
+
+  constructor(options: FramerOptions) {
+    const maxConnectSize = options.maxConnectSize ?? DEFAULT_MAX_CONNECT_SIZE
+    if (!Number.isInteger(maxConnectSize) || maxConnectSize < 2) {
+      throw new RangeError(`maxConnectSize must be an integer >= 2, got ${maxConnectSize}`)
+    }
+    this.sender = options.from
+    this.#events = options.events
+    this.#maxConnectSize = maxConnectSize
+    this.#level = options.from === 'broker' ? (options.level ?? 0) : 0
+    this.#rules = rulesFor(this.#level)
+  }
+
+  /** A client-side and a broker-side framer for one connection, linked by the CONNECT's level. */
+  static pair(options: PairOptions = {}): FramerPair {
+    const fromBroker = new MqttFramer({
+      from: 'broker',
+      ...(options.broker && { events: options.broker }),
+    })
+    const fromClient = new MqttFramer({
+      from: 'client',
+      ...(options.client && { events: options.client }),
+      ...(options.maxConnectSize !== undefined && { maxConnectSize: options.maxConnectSize }),
+    })
+    fromClient.#peer = fromBroker
+    return { fromClient, fromBroker }
+  }
+
+  /** The protocol level: the CONNECT's (client side), as told (broker side), or 0 until then. */
+  get level(): ProtocolLevel | 0 {
+    return this.#level
+  }
+
+  /**
+   * Broker side: the level the client's CONNECT named (MQTT 5 brokers send DISCONNECT and AUTH,
+   * and longer acknowledgements). Since the CONNECT is only forwarded once read, the level is
+   * known before the broker can answer.
+   */
+  setLevel(level: ProtocolLevel): void {
+    if (this.sender !== 'broker') throw new TypeError('the client-side framer reads its level')
+    this.#level = level
+    this.#rules = rulesFor(level)
+  }
+
+  /** Bytes the framer holds of a packet not yet judged (at most 6 past the CONNECT). */
+  get buffered(): number {
+    return this.#held
+  }
+
+  get stopped(): boolean {
+    return this.#stopped
+  }
+
+  /** The malformed packet it stopped at, if that is why it stopped. */
+  get error(): MqttMalformedError | undefined {
+    return this.#error
+  }
+
+  /** Reads the next chunk of the stream. Events fire from inside; see FramerResult. */
+  push(chunk: Buffer): FramerResult {
+    if (this.#stopped) {
+      return { released: undefined, forward: 0, stopped: true, error: this.#error }
+    }
+    const n = chunk.length
+    let i = 0
+    // chunk[0, safe) is judged and may be forwarded; past it lies the current packet.
+    let safe = 0
+    let released: Buffer | undefined
+    while (i < n) {
+      switch (this.#state) {
+        case BODY: {
+          const available = n - i
+          if (available < this.#left) {
+            this.#left -= available
+            i = n
+          } else {
+            i += this.#left
+            this.#left = 0
+            this.#state = START
+          }
+          safe = i
+          break
+        }
+        case START: {
+          const byte = chunk[i] as number // i < n
+          this.#packetStart = this.#position + i
+          const fault = this.#judgeFirstByte(byte)
+          if (fault !== undefined) return this.#stop(fault, released, safe)
+          this.#head[0] = byte
+          this.#headLength = 1
+          this.#length = 0
+          this.#multiplier = 1
+          this.#state = LENGTH
+          i++
+          break
+        }
+        case LENGTH: {
+          const byte = chunk[i++] as number // i < n
+          this.#head[this.#headLength++] = byte
+          this.#length += (byte & 0x7f) * this.#multiplier
+          if ((byte & 0x80) !== 0) {
+            if (this.#headLength === 5) {
+              return this.#stop(
+                this.#malformed(
+                  'remaining_length',
+                  `the ${this.#name()} remaining length does not end within 4 bytes`,
+                ),
+                released,
+                safe,
+              )
+            }
+            this.#multiplier *= 128
+            break
+          }
+          this.#headerSize = this.#headLength
+          const fault = this.#judgeLength()
+          if (fault !== undefined) return this.#stop(fault, released, safe)
+          const size = this.#headerSize + this.#length
+          const events = this.#events
+          if (events?.mqttPacket?.(this.#type as PacketTypeValue, this.#flags, size) === false) {
+            return this.#stop(undefined, released, safe)
+          }
+          if (this.#type === PacketType.CONNECT) {
+            if (n - i >= this.#length) {
+              // The CONNECT's body is all in this chunk: read it where it is.
+              const end = i + this.#length
+              const connectFault = this.#readConnect(chunk, i, end)
+              if (connectFault !== undefined) return this.#stop(connectFault, released, safe)
+              released ??= this.#releaseHead()
+              i = end
+              safe = i
+              this.#state = START
+            } else {
+              const connect = Buffer.allocUnsafe(size)
+              this.#head.copy(connect, 0, 0, this.#headerSize)
+              this.#connect = connect
+              this.#connectFill = this.#headerSize
+              this.#state = CONNECT_BODY
+            }
+          } else if (this.#type === PacketType.CONNACK) {
+            // At least 2 bytes follow: every level's minimum length for a CONNACK (packet.ts).
+            this.#state = CONNACK_BODY
+          } else {
+            released ??= this.#releaseHead()
+            safe = i
+            this.#left = this.#length
+            this.#state = this.#length === 0 ? START : BODY
+          }
+          break
+        }
+        case CONNECT_BODY: {
+          const connect = this.#connect as Buffer // set with the state
+          const take = Math.min(n - i, connect.length - this.#connectFill)
+          chunk.copy(connect, this.#connectFill, i, i + take)
+          this.#connectFill += take
+          i += take
+          if (this.#connectFill < connect.length) break
+          const fault = this.#readConnect(connect, this.#headerSize, connect.length)
+          if (fault !== undefined) return this.#stop(fault, released, safe)
+          // The copy of the earlier chunks' bytes is handed over; the framer keeps no reference.
+          released = this.#held === 0 ? undefined : connect.subarray(0, this.#held)
+          this.#held = 0
+          this.#connect = undefined
+          safe = i
+          this.#state = START
+          break
+        }
+        case CONNACK_BODY: {
+          this.#head[this.#headLength++] = chunk[i++] as number // i < n
+          if (this.#headLength < this.#headerSize + 2) break
+          const info = readConnack(this.#head, this.#headerSize, this.#level)
+          if ('reason' in info) {
+            return this.#stop(this.#malformed(info.reason, info.detail), released, safe)
+          }
+          this.#opened = true
+          this.#events?.mqttConnack?.(info)
+          released ??= this.#releaseHead()
+          safe = i
+          this.#left = this.#length - 2
+          this.#state = this.#left === 0 ? START : BODY
+          break
+        }
+      }
+    }
+    // What follows `safe` is the start of a packet not judged yet, already copied as it was
+    // read (into #head or #connect): hold it for a later push.
+    this.#held += n - safe
+    this.#position += n
+    return { released, forward: safe, stopped: false, error: undefined }
+  }
+
+  // Type and flags, from the packet's first byte: returns the error, or undefined.
+  #judgeFirstByte(byte: number): MqttMalformedError | undefined {
+    const type = byte >> 4
+    const flags = byte & 0x0f
+    this.#type = type
+    this.#flags = flags
+    const level = this.#level
+    if (type === 0 || (type === PacketType.AUTH && (level === 3 || level === 4))) {
+      return this.#malformed('reserved_type', `packet type ${type} is reserved`)
+    }
+    const name = this.#name()
+    if (this.sender === 'client') {
+      if (!this.#opened) {
+        if (type !== PacketType.CONNECT) {
+          return this.#malformed(
+            'expected_connect',
+            `the first packet is a ${name}, not a CONNECT [MQTT-3.1.0-1]`,
+          )
+        }
+      } else if (type === PacketType.CONNECT) {
+        return this.#malformed('second_connect', 'a second CONNECT [MQTT-3.1.0-2]')
+      } else if (((this.#rules.fromClient >> type) & 1) === 0) {
+        return this.#malformed('unexpected_type', `a client does not send ${name}`)
+      }
+    } else if (!this.#opened) {
+      // MQTT 5 enhanced authentication: AUTH packets may come before the CONNACK.
+      if (type !== PacketType.CONNACK && type !== PacketType.AUTH) {
+        return this.#malformed('expected_connack', `the first packet is a ${name}, not a CONNACK`)
+      }
+    } else if (type === PacketType.CONNACK) {
+      return this.#malformed('second_connack', 'a second CONNACK')
+    } else if (((this.#rules.fromBroker >> type) & 1) === 0) {
+      const at = level === 0 ? '' : ` at protocol level ${level}`
+      return this.#malformed('unexpected_type', `a broker does not send ${name}${at}`)
+    }
+    const fixed = badFlags(type, flags, this.#rules.strictFlags)
+    if (fixed === undefined) return undefined
+    return this.#malformed(
+      'header_flags',
+      fixed === -1
+        ? 'a PUBLISH with QoS 3 [MQTT-3.3.1-4]'
+        : `a ${name} must have header flags 0x${fixed.toString(16)}, not 0x${flags.toString(16)} [MQTT-2.2.2-1]`,
+    )
+  }
+
+  // The remaining length against the type's bounds, and the CONNECT against maxConnectSize.
+  #judgeLength(): MqttMalformedError | undefined {
+    const type = this.#type
+    const length = this.#length
+    // A PUBLISH with QoS 1 or 2 carries a packet identifier after its topic.
+    const min =
+      type === PacketType.PUBLISH && (this.#flags & 0x06) !== 0
+        ? 4
+        : (this.#rules.minLength[type] as number) // type < 16
+    const max = this.#rules.maxLength[type] as number
+    if (length < min || length > max) {
+      const bound = min === max ? `${min}` : length < min ? `at least ${min}` : `at most ${max}`
+      return this.#malformed(
+        'packet_length',
+        `a ${this.#name()} with remaining length ${length}; it must be ${bound}`,
+      )
+    }
+    if (type === PacketType.CONNECT && this.#headerSize + length > this.#maxConnectSize) {
+      return this.#malformed(
+        'connect_too_large',
+        `a CONNECT of ${this.#headerSize + length} bytes, over the ${this.#maxConnectSize} read`,
+      )
+    }
+    return undefined
+  }
+
+  #readConnect(buf: Buffer, start: number, end: number): MqttMalformedError | undefined {
+    const info = readConnect(buf, start, end, this.#headerSize + this.#length)
+    if ('reason' in info) return this.#malformed(info.reason, info.detail)
+    this.#opened = true
+    this.#level = info.level
+    this.#rules = rulesFor(info.level)
+    this.#peer?.setLevel(info.level)
+    this.#events?.mqttConnect?.(info)
+    return undefined
+  }
+
+  // The held header bytes, now judged, as a buffer of their own (#head is reused).
+  #releaseHead(): Buffer | undefined {
+    if (this.#held === 0) return undefined
+    const head = Buffer.from(this.#head.subarray(0, this.#held))
+    this.#held = 0
+    return head
+  }
+
+  #stop(
+    error: MqttMalformedError | undefined,
+    released: Buffer | undefined,
+    safe: number,
+  ): FramerResult {
+    this.#stopped = true
+    this.#error = error
+    this.#held = 0
+    // A CONNECT copy may hold a password; it goes nowhere now, so do not leave it in the heap.
+    this.#connect?.fill(0)
+    this.#connect = undefined
+    return { released, forward: safe, stopped: true, error }
+  }
+
+  #name(): string {
+    return PACKET_NAMES[this.#type] ?? 'packet'
+  }
+
+  #malformed(reason: MalformedReason, detail: string): MqttMalformedError {
+    return new MqttMalformedError(reason, detail, {
+      sender: this.sender,
+      packetType: this.#type,
+      offset: this.#packetStart,
+    })
+  }
+}
