@@ -1,6 +1,7 @@
 // Errors with stable codes (the README's "Error codes" table lists each one; a test keeps the
 // two in step). Messages are sentences an operator can act on. ERROR_CODES is read off the
 // classes below, so a new class is listed (and must be documented) by being declared.
+import type { MalformedReason } from './mqtt/errors.js'
 
 export class DrawbridgeError extends Error {
   readonly code: string
@@ -90,6 +91,36 @@ export class TlsMaterialError extends DrawbridgeError {
   }
 }
 
+/**
+ * A packet breaks the MQTT framing rules (src/mqtt/framer.ts); `reason` says which rule. The
+ * message names the packet and the field, never a field's value: a CONNECT may hold a password.
+ */
+export class MqttMalformedError extends DrawbridgeError {
+  static readonly code = 'DRAWBRIDGE_ERR_MQTT_MALFORMED'
+  readonly reason: MalformedReason
+  /** Who sent the packet. */
+  readonly sender: 'client' | 'broker'
+  /** The packet's type (0-15), from its first byte. */
+  readonly packetType: number
+  /** Where the packet starts in the stream the framer read, in bytes from its first. */
+  readonly offset: number
+
+  constructor(
+    reason: MalformedReason,
+    detail: string,
+    where: { sender: 'client' | 'broker'; packetType: number; offset: number },
+  ) {
+    super(
+      MqttMalformedError.code,
+      `malformed MQTT from the ${where.sender}: ${detail} (packet at byte ${where.offset})`,
+    )
+    this.reason = reason
+    this.sender = where.sender
+    this.packetType = where.packetType
+    this.offset = where.offset
+  }
+}
+
 /** Every concrete error class, in the README table's order. */
 export const ERROR_CLASSES = [
   ConfigError,
@@ -98,6 +129,7 @@ export const ERROR_CLASSES = [
   EmbeddedBrokerError,
   ListenError,
   TlsMaterialError,
+  MqttMalformedError,
 ] as const
 
 export const ERROR_CODES: readonly string[] = ERROR_CLASSES.map((error) => error.code)

@@ -8,6 +8,7 @@ import {
   ERROR_CLASSES,
   ERROR_CODES,
   ListenError,
+  MqttMalformedError,
   TlsMaterialError,
   UpstreamError,
   UpstreamRefusedError,
@@ -51,6 +52,15 @@ const cases: {
     error: new TlsMaterialError('bad key', { reason: 'key_mismatch' }),
     code: 'DRAWBRIDGE_ERR_TLS_MATERIAL',
     name: 'TlsMaterialError',
+  },
+  {
+    error: new MqttMalformedError('expected_connect', 'the first packet is PUBLISH, not CONNECT', {
+      sender: 'client',
+      packetType: 3,
+      offset: 0,
+    }),
+    code: 'DRAWBRIDGE_ERR_MQTT_MALFORMED',
+    name: 'MqttMalformedError',
   },
 ]
 

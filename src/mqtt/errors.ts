@@ -2,7 +2,6 @@
 // and one code, like TlsMaterialError, with `reason` the short label that says what was wrong
 // (for logs and a counter's label) and a message an operator can read. The message names the
 // packet and the field, never a field's value: a CONNECT's bytes may hold a password.
-import { DrawbridgeError } from '../errors.js'
 
 /** What was wrong, one label per rule the framer checks. */
 export type MalformedReason =
@@ -41,28 +40,5 @@ export type MalformedReason =
   /** CONNACK acknowledge flags with reserved bits set [MQTT-3.2.2-1]. */
   | 'connack_flags'
 
-export class MqttMalformedError extends DrawbridgeError {
-  static readonly code = 'DRAWBRIDGE_ERR_MQTT_MALFORMED'
-  readonly reason: MalformedReason
-  /** Who sent the packet. */
-  readonly sender: 'client' | 'broker'
-  /** The packet's type (0-15), from its first byte. */
-  readonly packetType: number
-  /** Where the packet starts in the stream the framer read, in bytes from its first. */
-  readonly offset: number
-
-  constructor(
-    reason: MalformedReason,
-    detail: string,
-    where: { sender: 'client' | 'broker'; packetType: number; offset: number },
-  ) {
-    super(
-      MqttMalformedError.code,
-      `malformed MQTT from the ${where.sender}: ${detail} (packet at byte ${where.offset})`,
-    )
-    this.reason = reason
-    this.sender = where.sender
-    this.packetType = where.packetType
-    this.offset = where.offset
-  }
-}
+// The class lives with the other error classes (src/errors.ts lists every code).
+export { MqttMalformedError } from '../errors.js'
