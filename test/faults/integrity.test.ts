@@ -288,6 +288,7 @@ t.test(
       new Array<number>(PUBLISHERS + SUBSCRIBERS).fill(1000),
       'every connection ended 1000 after its DISCONNECT',
     )
+    t.equal(after.closesLogged, PUBLISHERS + SUBSCRIBERS, 'every close logged')
     t.equal(after.connections, 0, '/connections is empty')
     t.ok(after.fds <= baselineFds, `open fds back to baseline (${after.fds} <= ${baselineFds})`)
   },

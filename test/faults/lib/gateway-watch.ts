@@ -70,6 +70,8 @@ export function alive(gw: FaultGateway): boolean {
 }
 
 export interface Settled {
+  /** 'connection closed' lines logged (the wait gives up at the timeout, without throwing). */
+  closesLogged: number
   /** /connections after the last close was logged. */
   connections: number
   fds: number
@@ -87,7 +89,9 @@ export async function settle(
   baselineFds: number,
   timeoutMs = 10_000,
 ): Promise<Settled> {
-  await waitForLogCount(gw, (l) => l.msg === 'connection closed', closes, timeoutMs)
+  const isClose = (l: LogLine): boolean => l.msg === 'connection closed'
+  await waitForLogCount(gw, isClose, closes, timeoutMs).catch(() => undefined)
+  const closesLogged = gw.process.logs.filter(isClose).length
   let fds = openFds(gw.pid)
   await eventually(
     async () => {
@@ -97,7 +101,7 @@ export async function settle(
     3_000,
     50,
   )
-  return { connections: await openConnections(gw), fds, baselineFds }
+  return { closesLogged, connections: await openConnections(gw), fds, baselineFds }
 }
 
 /** `promise`, or a rejection naming `what` after `ms`; the timer never outlives the race. */

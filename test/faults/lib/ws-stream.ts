@@ -273,11 +273,14 @@ export class StreamClient {
       client.bytesIn += data.length
       onData(data)
     })
-    const opened = once(ws, 'open')
-    // A refused upgrade ends in 'close' (after 'error'), never 'open'.
-    const outcome = await Promise.race([opened.then(() => 'open' as const), closed])
-    if (outcome !== 'open') {
-      throw new Error(`WebSocket did not open: ${outcome.code} ${outcome.reason}`)
+    // A refused upgrade ends in 'error' and 'close', never 'open'. A connection that opens and
+    // closes in one read emits both before any promise callback runs: the flag tells them apart.
+    const seen = { opened: false }
+    ws.once('open', () => (seen.opened = true))
+    await Promise.race([once(ws, 'open').catch(() => undefined), closed])
+    if (!seen.opened) {
+      const { code, reason } = await closed
+      throw new Error(`WebSocket did not open: ${code} ${reason}`)
     }
     return client
   }
