@@ -4,6 +4,8 @@
 // RST, or holds the connection open until the other side closes. What it sent is kept, so the
 // client side can check that the gateway passed it on unchanged.
 //
+// One connection in eight is hung up on at accept instead (FIN or RST, not a byte sent).
+//
 // A client names itself in its first bytes (CONNECT with client id `broker-garbage-<k>`): the
 // gateway's readiness check opens connections of its own, so the order of accepts says nothing.
 // What connection k does is drawn from its own seeded stream; the bytes sent at accept, before
@@ -37,6 +39,8 @@ export interface GarbageBroker {
   connection: (index: number) => Promise<GarbageConnection>
   /** Connections accepted, the readiness checks' among them. */
   accepted: () => number
+  /** Connections hung up on at accept, with FIN or RST (the readiness check's among them). */
+  hangups: { fin: number; rst: number }
   /** Sockets still open. */
   open: () => number
 }
@@ -49,6 +53,7 @@ export async function startGarbageBroker(t: Teardown, seed: number): Promise<Gar
   const waiting = new Map<number, (c: GarbageConnection) => void>()
   const sockets = new Set<net.Socket>()
   let acceptedCount = 0
+  const hangups = { fin: 0, rst: 0 }
   const server = net.createServer((socket) => {
     sockets.add(socket)
     socket.on('error', () => undefined)
@@ -59,6 +64,19 @@ export async function startGarbageBroker(t: Teardown, seed: number): Promise<Gar
       }),
     )
     const acceptRng = prng((seed + Math.imul(++acceptedCount, 0x85ebca6b)) >>> 0)
+    // One in eight hangs up at once, before a byte: the client cannot name itself to those.
+    if (acceptRng.next() < 1 / 8) {
+      if (acceptRng.next() < 0.5) {
+        hangups.fin++
+        // Read (and drop) what comes, or the gateway's FIN is never seen and nothing closes.
+        socket.resume()
+        socket.end()
+      } else {
+        hangups.rst++
+        socket.resetAndDestroy()
+      }
+      return
+    }
     const atAccept = acceptRng.next() < 1 / 3 ? noise(acceptRng) : Buffer.alloc(0)
     if (atAccept.length > 0) writeInPieces(socket, atAccept, acceptRng)
     let head = Buffer.alloc(0)
@@ -115,6 +133,7 @@ export async function startGarbageBroker(t: Teardown, seed: number): Promise<Gar
       return new Promise((resolve) => waiting.set(index, resolve))
     },
     accepted: () => acceptedCount,
+    hangups,
     open: () => sockets.size,
   }
 }

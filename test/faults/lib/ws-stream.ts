@@ -262,9 +262,11 @@ export class StreamClient {
     framing: Framing,
     onData: (data: Buffer) => void,
   ): Promise<StreamClient> {
-    const ws = new WebSocket(url, ['mqtt'], { perMessageDeflate: false })
+    const ws = new WebSocket(url, ['mqtt'], { perMessageDeflate: false, handshakeTimeout: 10_000 })
     t.teardown(() => ws.terminate())
-    ws.on('error', () => undefined)
+    // A refused upgrade's status is in ws's error message ("Unexpected server response: 502").
+    let failure = ''
+    ws.on('error', (err) => (failure ||= err.message))
     const closed = new Promise<CloseEvent>((resolve) => {
       ws.once('close', (code, reason) => resolve({ code, reason: reason.toString() }))
     })
@@ -280,7 +282,7 @@ export class StreamClient {
     await Promise.race([once(ws, 'open').catch(() => undefined), closed])
     if (!seen.opened) {
       const { code, reason } = await closed
-      throw new Error(`WebSocket did not open: ${code} ${reason}`)
+      throw new Error(`WebSocket did not open: ${failure || `${code} ${reason}`}`)
     }
     return client
   }
