@@ -264,6 +264,7 @@ t.test(
       framesSent: sum('frames'),
       splitPackets: sum('splitPackets'),
       packedFrames: sum('packedFrames'),
+      heldTails: sum('heldTails'),
       fragmentedMessages: sum('fragmentedMessages'),
       bytesSent: sum('bytes'),
       closeCodes: [...new Set(closes.map((c) => c.code))].join(','),

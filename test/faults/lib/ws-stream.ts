@@ -210,6 +210,8 @@ export interface FramingStats {
   splitPackets: number
   /** Frames carrying bytes of more than one packet. */
   packedFrames: number
+  /** Flushes that kept a packet's tail back for the next one. */
+  heldTails: number
   packets: number
   bytes: number
 }
@@ -227,6 +229,7 @@ export class StreamClient {
     fragmentedMessages: 0,
     splitPackets: 0,
     packedFrames: 0,
+    heldTails: 0,
     packets: 0,
     bytes: 0,
   }
@@ -329,6 +332,7 @@ export class StreamClient {
       if (last && mayHoldTail && piece.length < data.length && rng.next() < 0.5) {
         this.#pending = [Buffer.from(piece)]
         this.#pendingBytes = piece.length
+        this.stats.heldTails++
         return
       }
       this.#sendFrame(piece, framing)
