@@ -11,6 +11,8 @@
 //
 // Meanwhile healthy clients on gateway A round-trip QoS 1 messages, none lost; both gateways
 // keep answering /healthz and end with no connection and no descriptor left.
+//
+//   FAULTS_DEBUG=1  also prints both gateways' log lines other than connection opened/closed
 import { createHash, type Hash } from 'node:crypto'
 import t from 'tap'
 import type { Teardown } from '../helpers/broker.js'
