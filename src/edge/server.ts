@@ -238,6 +238,8 @@ export class EdgeServer {
   }
 
   async #upgrade(req: http.IncomingMessage, socket: Duplex, head: Buffer): Promise<void> {
+    // Read now: a client that resets while we wait has no address left to log.
+    const remote = peerAddress(req.socket)
     const upgrade: Upgrade = { req, socket, upstream: undefined, onEnd: [], protocol: false }
     const outcome = await admit(this.#steps, upgrade, (accepted) => this.#accept(accepted, head))
     if (outcome.ok) return
@@ -245,7 +247,7 @@ export class EdgeServer {
       this.#refuse.socket(socket, req, outcome.refusal)
       return
     }
-    this.#log.info({ remote: peerAddress(req.socket) }, 'client left before its upgrade completed')
+    this.#log.info({ remote }, 'client left before its upgrade completed')
     socket.destroy()
   }
 
@@ -316,7 +318,9 @@ export class EdgeServer {
 
   // Malformed HTTP (Node's parser gave up): answer 400 like Node would, and log it.
   readonly #onClientError = (err: NodeJS.ErrnoException, socket: Duplex): void => {
-    if (err.code === 'ECONNRESET' || !socket.writable) {
+    // A client that hung up in the middle of its request has left, like one that reset: there is
+    // nobody to answer, and it is no malformed request to count.
+    if (err.code === 'ECONNRESET' || err.code === 'HPE_INVALID_EOF_STATE' || !socket.writable) {
       socket.destroy()
       return
     }

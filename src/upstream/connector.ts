@@ -173,12 +173,15 @@ export class BrokerConnector {
   }
 
   /**
-   * Connects a broker for `client`. A client that closes or resets meanwhile aborts the attempt
+   * Connects a broker for `client`. A client that ends, closes or resets meanwhile aborts the attempt
    * (its socket is destroyed); an 'error' on the client is absorbed so it cannot go uncaught.
    */
   async connectFor(client: Duplex): Promise<ClientConnectOutcome> {
     const abort = new AbortController()
     const onGone = (): void => abort.abort()
+    // 'end' too: the public listener's sockets allow half-open connections, so a client that
+    // leaves with a FIN is not closed until we close it, and nobody would while we wait.
+    client.once('end', onGone)
     client.once('close', onGone)
     client.on('error', onGone)
     try {
@@ -196,6 +199,7 @@ export class BrokerConnector {
       if (err instanceof UpstreamError) return { ok: false, clientLeft: false, error: err }
       throw err
     } finally {
+      client.removeListener('end', onGone)
       client.removeListener('close', onGone)
       client.removeListener('error', onGone)
     }
