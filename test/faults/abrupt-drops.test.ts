@@ -339,12 +339,24 @@ t.test('abrupt drops at every stage leave nothing behind', async (t) => {
     const newLines = (): LogLine[] => p.process.logs.slice(logsBefore)
     const leftLines = (): LogLine[] => newLines().filter((l) => l.msg === LEFT)
     await pollUntil(() => leftLines().length >= outcomes.length, 2_000)
-    const leftAt = new Map<string, number>()
-    for (const line of leftLines()) leftAt.set(String(line.remote), Number(line.time))
+    // A port is reused within a stage (a RST leaves no TIME_WAIT): a line belongs to the
+    // client that held its port last before the line was written.
+    const lineOf = new Map<Outcome, number>()
+    for (const line of leftLines()) {
+      const time = Number(line.time)
+      let owner: Outcome | undefined
+      for (const o of outcomes) {
+        if (`127.0.0.1:${o.client.localPort}` !== line.remote) continue
+        if ((o.client.connectedAt ?? Infinity) > time) continue
+        if (owner === undefined || (o.client.connectedAt ?? 0) > (owner.client.connectedAt ?? 0))
+          owner = o
+      }
+      if (owner !== undefined) lineOf.set(owner, time)
+    }
     const late: string[] = []
     const lags: Record<string, number[]> = {}
     for (const o of outcomes) {
-      const at = leftAt.get(`127.0.0.1:${o.client.localPort}`)
+      const at = lineOf.get(o)
       if (at === undefined) continue
       const ms = at - o.killedAt
       ;(lags[o.plan.kill] ??= []).push(ms)
