@@ -249,29 +249,26 @@ t.test('admit: runs the steps in order, gives back what a refused admission took
   t.equal(accepted, 1, 'accept runs once, after the last step')
 })
 
-t.test('a client that half-closes during its broker connect leaves no broker socket', async (t) => {
-  // The first broker never answers, so the gateway is still connecting when the client
-  // half-closes; the second accepts once the first has timed out.
+t.test('a client that half-closes during its broker connect is let go at once', async (t) => {
+  // The broker never answers, and the gateway would wait 10 s for it: the client's FIN must end
+  // the attempt at once (the public listener's sockets allow half-open connections, so nothing
+  // else would), and leave no broker socket. Should a connect complete just as the FIN arrives,
+  // the clientStillThere step (tested above) lets go of the broker socket instead of ws
+  // orphaning it.
   const silent = await startSilentBroker(t)
-  const broker = await startRawBroker(t)
-  const gw = await startTestGateway(t, silent, {
-    DRAWBRIDGE_UPSTREAM_BROKERS: `127.0.0.1:${silent},127.0.0.1:${broker.port}`,
-    DRAWBRIDGE_UPSTREAM_CONNECT_TIMEOUT: '300ms',
-  })
+  const gw = await startTestGateway(t, silent, { DRAWBRIDGE_UPSTREAM_CONNECT_TIMEOUT: '10s' })
   const client = net.connect(gw.port, '127.0.0.1')
   client.on('error', () => undefined)
+  t.teardown(() => client.destroy())
+  await once(client, 'connect')
   client.write(`${upgradeRequest('/mqtt').join('\r\n')}\r\n\r\n`)
-  // A half-close: the gateway can still write to this client, but it will never read more.
   client.end()
-  await gw.waitForLog((line) => line.msg === 'client left before its upgrade completed')
-  const [brokerSide] = broker.sockets
-  t.ok(brokerSide, 'the second broker was connected after the first timed out')
-  if (brokerSide && !brokerSide.destroyed) await once(brokerSide, 'close')
-  t.pass('the broker saw its connection close')
+  const started = Date.now()
+  await gw.waitForLog((line) => line.msg === 'client left before its upgrade completed', 5_000)
+  t.ok(Date.now() - started < 5_000, 'well before the 10 s connect timeout')
   await gw.gateway.whenBrokerSocketsClosed()
   t.equal(gw.gateway.brokerSocketsOpen, 0, 'no broker socket left open')
   t.equal(gw.gateway.connections.size, 0, 'no connection was made for it')
-  client.destroy()
 })
 
 t.test('an exception inside the upgrade is logged, counted and answered 500', async (t) => {
