@@ -20,6 +20,7 @@ import {
 } from 'prom-client'
 import type { Initiator } from './bridge/close-codes.js'
 import { REFUSAL_REASONS, type RefusalReason } from './edge/refusals.js'
+import { MALFORMED_REASONS, type MalformedReason } from './mqtt/errors.js'
 import type { ConnectAttempt, ConnectFailureReason } from './upstream/connector.js'
 
 export const METRIC_PREFIX = 'drawbridge_'
@@ -52,6 +53,7 @@ export const METRIC = {
   buildInfo: 'build_info',
   clientConnectionsActive: 'client_connections_active',
   clientBytes: 'client_bytes_total',
+  mqttMalformed: 'mqtt_malformed_total',
 } as const
 
 export type Direction = 'client_to_broker' | 'broker_to_client'
@@ -166,6 +168,7 @@ export class Metrics {
   readonly #tlsCertificateExpiry: Gauge<'listener'>
   readonly #tlsReloads: Counter<'result'>
   readonly #tlsSessionsClosed: Counter<'reason'>
+  readonly #mqttMalformed: Counter<'sender' | 'reason'>
 
   constructor(options: MetricsOptions) {
     this.#options = options
@@ -306,6 +309,15 @@ export class Metrics {
       registers,
     })
     for (const reason of ['revoked', 'expired']) this.#tlsSessionsClosed.inc({ reason }, 0)
+    this.#mqttMalformed = new Counter({
+      name: name(METRIC.mqttMalformed),
+      help: 'Connections closed because a packet broke the MQTT framing rules (mqtt.inspect), by sender (client: closed 1002; broker: 1011) and reason (the rule the framer names).',
+      labelNames: ['sender', 'reason'],
+      registers,
+    })
+    for (const sender of ['client', 'broker']) {
+      for (const reason of MALFORMED_REASONS) this.#mqttMalformed.inc({ sender, reason }, 0)
+    }
     new Gauge({
       name: name(METRIC.buildInfo),
       help: 'Always 1; the labels say which Drawbridge and Node.js versions are running.',
@@ -393,6 +405,11 @@ export class Metrics {
 
   tlsSessionClosed(reason: 'revoked' | 'expired'): void {
     this.#tlsSessionsClosed.inc({ reason })
+  }
+
+  /** A malformed MQTT packet closed a connection (once per connection). */
+  mqttMalformed(sender: 'client' | 'broker', reason: MalformedReason): void {
+    this.#mqttMalformed.inc({ sender, reason })
   }
 
   setCertificateExpiry(listener: string, notAfter: Date): void {

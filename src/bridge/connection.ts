@@ -1,7 +1,13 @@
 // One client connection, whatever listener accepted it: a client side (a WebSocket, or the TLS
 // socket of an mqtts client; client-side.ts) and the broker's TCP socket, bytes piped both ways
 // unchanged. A WebSocket frame may carry part of an MQTT packet or several [MQTT-6.0.0-2], so
-// the bridge never re-frames or inspects: it forwards the byte stream.
+// the bridge never re-frames: it forwards the byte stream.
+//
+// With mqtt.inspect (the default) each direction goes through a streaming MQTT framer
+// (mqtt/framer.ts) that says how much of each chunk is safe to forward; what it passes is
+// forwarded byte for byte, so the stream is unchanged. A malformed packet is never forwarded:
+// from the client it closes the connection with 1002, from the broker with 1011, both with the
+// framer's message as the reason. Without it no framer is allocated and the pipe is blind.
 //
 // Memory per connection is bounded in both directions:
 // - client -> broker: when the broker socket's write buffer passes highWaterMark, the client
@@ -10,6 +16,9 @@
 //   broker socket stops reading until the buffer is down to about half the mark.
 import type { Socket } from 'node:net'
 import type { Logger } from '../log.js'
+import type { Metrics } from '../metrics.js'
+import { MqttFramer } from '../mqtt/framer.js'
+import type { MqttMalformedError } from '../mqtt/errors.js'
 import type { ClientEvents, ClientSide } from './client-side.js'
 import { CloseCode, CloseReason, type CloseCodeValue, type Initiator } from './close-codes.js'
 
@@ -65,8 +74,17 @@ export interface ConnectionInfo {
   tls?: ConnectionTls
 }
 
+/** What the MQTT framers of a connection are told (mqtt.*). */
+export interface MqttInspection {
+  /** mqtt.inspect: false pipes the bytes blind, with no framer. */
+  inspect: boolean
+}
+
 export interface ConnectionOptions {
   highWaterMark: number
+  mqtt: MqttInspection
+  /** Counts what the framers find (malformed packets); the byte counts stay plain fields. */
+  metrics: Metrics
   /** The connection logs through a child of it that names the connection and its listener. */
   log: Logger
   /** Called once, after both sides are closed. */
@@ -123,6 +141,11 @@ export class Connection implements ClientEvents {
   #lowWaterPending = false
   /** Broker socket corked until the end of this tick (see clientData). */
   #corked = false
+  /** The MQTT framers (mqtt.inspect); undefined when the pipe is blind. */
+  readonly #fromClient: MqttFramer | undefined
+  readonly #fromBroker: MqttFramer | undefined
+  /** A framer stopped a direction: what it said has been acted on once. */
+  #inspectStopped = false
 
   constructor(
     client: ClientSide,
@@ -143,6 +166,11 @@ export class Connection implements ClientEvents {
     this.#upstream = upstream
     this.#options = options
     this.#log = options.log.child({ conn: this.id, listener: this.listener })
+    if (options.mqtt.inspect) {
+      const framers = MqttFramer.pair()
+      this.#fromClient = framers.fromClient
+      this.#fromBroker = framers.fromBroker
+    }
 
     ;(upstream as unknown as Owned)[OWNER] = this
     upstream.on('data', Connection.#onBrokerData)
@@ -171,6 +199,11 @@ export class Connection implements ClientEvents {
    */
   get clientIdentity(): string {
     return clientIdentityOf(this.tls, this.clientAddress)
+  }
+
+  /** True when MQTT framers read both directions (mqtt.inspect); false: a blind pipe. */
+  get inspecting(): boolean {
+    return this.#fromClient !== undefined
   }
 
   /** True once a close has begun, from either side. */
@@ -219,8 +252,21 @@ export class Connection implements ClientEvents {
 
   clientData(data: Buffer): void {
     if (this.#client.framed) this.framesToBroker++
-    this.bytesToBroker += data.length
     this.lastActivity = Date.now()
+    const framer = this.#fromClient
+    if (framer === undefined) {
+      this.#toBroker(data)
+      return
+    }
+    const result = framer.push(data)
+    if (result.released !== undefined) this.#toBroker(result.released)
+    if (result.forward === data.length) this.#toBroker(data)
+    else if (result.forward > 0) this.#toBroker(data.subarray(0, result.forward))
+    if (result.stopped && !this.#inspectStopped) this.#clientStopped(result.error)
+  }
+
+  #toBroker(data: Buffer): void {
+    this.bytesToBroker += data.length
     // ws emits every frame of one socket read in the same tick: cork so they reach the broker
     // in one writev instead of one syscall per frame (the byte stream is unchanged).
     if (!this.#corked) {
@@ -239,6 +285,29 @@ export class Connection implements ClientEvents {
       this.pausesToBroker++
       this.#client.pause()
     }
+  }
+
+  // The client framer stopped: nothing from the bad packet on has been forwarded, nor will be.
+  #clientStopped(error: MqttMalformedError | undefined): void {
+    this.#inspectStopped = true
+    if (error === undefined) return
+    this.#malformed(error)
+    this.close(CloseCode.PROTOCOL_ERROR, CloseReason.malformed(error.message), 'gateway')
+  }
+
+  #brokerStopped(error: MqttMalformedError | undefined): void {
+    this.#inspectStopped = true
+    if (error === undefined) return
+    this.#malformed(error)
+    this.close(CloseCode.INTERNAL_ERROR, CloseReason.malformed(error.message), 'gateway')
+  }
+
+  #malformed(error: MqttMalformedError): void {
+    this.#log.warn(
+      { reason: error.reason, sender: error.sender, err: error.message },
+      'malformed MQTT packet; closing',
+    )
+    this.#options.metrics.mqttMalformed(error.sender, error.reason)
   }
 
   clientPong(): void {
@@ -299,9 +368,22 @@ export class Connection implements ClientEvents {
   }
 
   #brokerData(chunk: Buffer): void {
+    this.lastActivity = Date.now()
+    const framer = this.#fromBroker
+    if (framer === undefined) {
+      this.#toClient(chunk)
+      return
+    }
+    const result = framer.push(chunk)
+    if (result.released !== undefined) this.#toClient(result.released)
+    if (result.forward === chunk.length) this.#toClient(chunk)
+    else if (result.forward > 0) this.#toClient(chunk.subarray(0, result.forward))
+    if (result.stopped && !this.#inspectStopped) this.#brokerStopped(result.error)
+  }
+
+  #toClient(chunk: Buffer): void {
     if (this.#client.framed) this.framesToClient++
     this.bytesToClient += chunk.length
-    this.lastActivity = Date.now()
     const buffered = this.#client.bufferedAmount + chunk.length
     const mark = this.#options.highWaterMark
     if (buffered <= mark) {
@@ -314,9 +396,11 @@ export class Connection implements ClientEvents {
     }
     // This send crosses the mark: stop reading the broker until the pending low-water send (or,
     // without one, this send) has been flushed; sends are flushed in order.
-    this.pausedToClient = true
-    this.pausesToClient++
-    this.#upstream.pause()
+    if (!this.pausedToClient) {
+      this.pausedToClient = true
+      this.pausesToClient++
+      this.#upstream.pause()
+    }
     if (this.#lowWaterPending) this.#client.send(chunk)
     else this.#sendWithLowWater(chunk)
   }

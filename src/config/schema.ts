@@ -244,6 +244,14 @@ export const schema = {
       env: 'DRAWBRIDGE_LIMITS_HIGH_WATER_MARK',
     },
   },
+  mqtt: {
+    inspect: {
+      doc: 'Read the MQTT packets of every connection (both listeners) and forward only packets that are well formed: a malformed one from the client closes the connection with 1002 before any of it reaches the broker, one from the broker with 1011. The stream stays byte for byte what was sent. false restores the blind byte pipe.',
+      format: 'bool',
+      default: true,
+      env: 'DRAWBRIDGE_MQTT_INSPECT',
+    },
+  },
   shutdown: {
     grace: {
       doc: 'On SIGTERM/SIGINT, how long open connections get to close after being sent 1001 before they are cut.',
@@ -330,6 +338,7 @@ export interface RawConfig {
   http: { diagnostics: boolean; trustedProxies: string[] }
   tcp: { enabled: boolean; port: number }
   limits: { maxConnections: number; highWaterMark: number }
+  mqtt: { inspect: boolean }
   shutdown: { grace: number }
   admin: {
     enabled: boolean

@@ -41,6 +41,8 @@ export interface EdgeOptions {
   /** http.trustedProxies and http.diagnostics. */
   http: Config['http']
   limits: Config['limits']
+  /** mqtt.*: what the connections' framers check. */
+  mqtt: Config['mqtt']
   /** The connections of every listener; this one adds its own. */
   connections: ConnectionRegistry
   connector: BrokerConnector
@@ -99,6 +101,8 @@ export class EdgeServer {
     this.#clientAddresses = new ClientAddressResolver(options.http.trustedProxies)
     this.#connectionOptions = {
       highWaterMark: options.limits.highWaterMark,
+      mqtt: options.mqtt,
+      metrics: options.metrics,
       log: options.log,
       onClose: (closed) => {
         // Same tick: the counts move from the live set to the closed totals together.
