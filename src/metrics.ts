@@ -54,6 +54,8 @@ export const METRIC = {
   clientConnectionsActive: 'client_connections_active',
   clientBytes: 'client_bytes_total',
   mqttMalformed: 'mqtt_malformed_total',
+  mqttRefusals: 'mqtt_refusals_total',
+  mqttSubprotocolMismatch: 'mqtt_subprotocol_mismatch_total',
 } as const
 
 export type Direction = 'client_to_broker' | 'broker_to_client'
@@ -69,6 +71,14 @@ const UPSTREAM_ERROR_REASONS = [
   'reset',
   'other',
 ] as const satisfies readonly UpstreamErrorReason[]
+
+/** Why an MQTT guard closed a connection. */
+export type MqttRefusalReason = 'connect_timeout' | 'packet_too_large'
+
+const MQTT_REFUSAL_REASONS = [
+  'connect_timeout',
+  'packet_too_large',
+] as const satisfies readonly MqttRefusalReason[]
 
 /** The plain-number counters a live connection keeps; read at scrape time only. */
 export interface ConnectionCounters {
@@ -169,6 +179,8 @@ export class Metrics {
   readonly #tlsReloads: Counter<'result'>
   readonly #tlsSessionsClosed: Counter<'reason'>
   readonly #mqttMalformed: Counter<'sender' | 'reason'>
+  readonly #mqttRefusals: Counter<'reason'>
+  readonly #mqttSubprotocolMismatch: Counter<'subprotocol' | 'level'>
 
   constructor(options: MetricsOptions) {
     this.#options = options
@@ -318,6 +330,19 @@ export class Metrics {
     for (const sender of ['client', 'broker']) {
       for (const reason of MALFORMED_REASONS) this.#mqttMalformed.inc({ sender, reason }, 0)
     }
+    this.#mqttRefusals = new Counter({
+      name: name(METRIC.mqttRefusals),
+      help: 'Connections closed by an MQTT guard (mqtt.inspect), by reason (connect_timeout: no CONNECT within mqtt.connectTimeout, closed 1008; packet_too_large: a client packet over mqtt.maxPacketSize, closed 1009).',
+      labelNames: ['reason'],
+      registers,
+    })
+    for (const reason of MQTT_REFUSAL_REASONS) this.#mqttRefusals.inc({ reason }, 0)
+    this.#mqttSubprotocolMismatch = new Counter({
+      name: name(METRIC.mqttSubprotocolMismatch),
+      help: 'CONNECTs whose protocol level does not go with the negotiated WebSocket subprotocol (level 4 or 5 on mqttv3.1, level 3 on mqtt), let through, by subprotocol and level.',
+      labelNames: ['subprotocol', 'level'],
+      registers,
+    })
     new Gauge({
       name: name(METRIC.buildInfo),
       help: 'Always 1; the labels say which Drawbridge and Node.js versions are running.',
@@ -410,6 +435,16 @@ export class Metrics {
   /** A malformed MQTT packet closed a connection (once per connection). */
   mqttMalformed(sender: 'client' | 'broker', reason: MalformedReason): void {
     this.#mqttMalformed.inc({ sender, reason })
+  }
+
+  /** An MQTT guard closed a connection. */
+  mqttRefused(reason: MqttRefusalReason): void {
+    this.#mqttRefusals.inc({ reason })
+  }
+
+  /** A CONNECT's level did not go with the subprotocol (labels: 2 subprotocols x 3 levels). */
+  mqttSubprotocolMismatch(subprotocol: string, level: number): void {
+    this.#mqttSubprotocolMismatch.inc({ subprotocol, level: String(level) })
   }
 
   setCertificateExpiry(listener: string, notAfter: Date): void {

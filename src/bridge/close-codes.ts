@@ -16,9 +16,9 @@ export const CloseCode = {
   UNSUPPORTED_DATA: 1003,
   /** A close frame whose reason is not valid UTF-8 (RFC 6455 7.1.6, 8.1). */
   INVALID_PAYLOAD: 1007,
-  /** An operator closed the connection, or a policy forbids it. */
+  /** An operator closed the connection, a policy forbids it, or no CONNECT came in time. */
   POLICY_VIOLATION: 1008,
-  /** A message larger than ws.maxPayload arrived. */
+  /** A message larger than ws.maxPayload arrived, or an MQTT packet over mqtt.maxPacketSize. */
   MESSAGE_TOO_BIG: 1009,
   /** The broker connection failed (reset, error), or the broker sent a malformed MQTT packet. */
   INTERNAL_ERROR: 1011,
@@ -47,6 +47,10 @@ export const CloseReason = {
    * mqtt.inspect: a packet broke the MQTT framing rules (1002 from the client, 1011 from the
    * broker). The framer's message, which names the packet and the rule, never a value.
    */
+  /** mqtt.connectTimeout ran out before the client's CONNECT was complete (POLICY_VIOLATION). */
+  connectTimeout: 'no MQTT CONNECT within mqtt.connectTimeout',
+  /** A client packet over mqtt.maxPacketSize (MESSAGE_TOO_BIG). */
+  packetTooLarge: 'MQTT packet larger than mqtt.maxPacketSize',
   malformed: (message: string): string => fitCloseReason(message),
 } as const
 

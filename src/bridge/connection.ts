@@ -17,8 +17,10 @@
 import type { Socket } from 'node:net'
 import type { Logger } from '../log.js'
 import type { Metrics } from '../metrics.js'
-import { MqttFramer } from '../mqtt/framer.js'
+import type { ConnectInfo } from '../mqtt/connect.js'
+import { MqttFramer, type FramerEvents } from '../mqtt/framer.js'
 import type { MqttMalformedError } from '../mqtt/errors.js'
+import type { PacketTypeValue } from '../mqtt/packet.js'
 import type { ClientEvents, ClientSide } from './client-side.js'
 import { CloseCode, CloseReason, type CloseCodeValue, type Initiator } from './close-codes.js'
 
@@ -78,6 +80,21 @@ export interface ConnectionInfo {
 export interface MqttInspection {
   /** mqtt.inspect: false pipes the bytes blind, with no framer. */
   inspect: boolean
+  /** mqtt.maxPacketSize: the largest client packet, fixed header included. */
+  maxPacketSize: number
+}
+
+/**
+ * An MQTT 5 DISCONNECT with reason code 0x95 (Packet too large) and no properties: fixed
+ * header 0xE0, remaining length 2, the reason code, property length 0 (MQTT 5, 3.14).
+ */
+const DISCONNECT_PACKET_TOO_LARGE = Buffer.from([0xe0, 0x02, 0x95, 0x00])
+
+/** The WebSocket subprotocol that names each protocol level (MQTT 3.1 is mqttv3.1). */
+function subprotocolMatches(protocol: string, level: number): boolean {
+  if (protocol === 'mqttv3.1') return level === 3
+  if (protocol === 'mqtt') return level === 4 || level === 5
+  return true
 }
 
 export interface ConnectionOptions {
@@ -99,7 +116,21 @@ export interface CloseSummary {
   reason: string
 }
 
-export class Connection implements ClientEvents {
+// The broker-side framer's events. One small object per inspected connection (a class, so no
+// closure): the Connection itself takes the client-side framer's.
+class BrokerFramerEvents implements FramerEvents {
+  readonly #connection: Connection
+
+  constructor(connection: Connection) {
+    this.#connection = connection
+  }
+
+  mqttConnack(): void {
+    this.#connection.brokerConnack()
+  }
+}
+
+export class Connection implements ClientEvents, FramerEvents {
   readonly id: string
   readonly listener: string
   readonly remoteAddress: string
@@ -146,6 +177,14 @@ export class Connection implements ClientEvents {
   readonly #fromBroker: MqttFramer | undefined
   /** A framer stopped a direction: what it said has been acted on once. */
   #inspectStopped = false
+  /** The client's CONNECT has been read whole (and forwarded). */
+  #connectRead = false
+  /** The broker's CONNACK has been read (and forwarded). */
+  #connackRead = false
+  /** The size of the client packet refused for mqtt.maxPacketSize, else 0. */
+  #refusedSize = 0
+  /** Broker bytes are no longer forwarded: the gateway sent the client a DISCONNECT. */
+  #toClientStopped = false
 
   constructor(
     client: ClientSide,
@@ -167,7 +206,7 @@ export class Connection implements ClientEvents {
     this.#options = options
     this.#log = options.log.child({ conn: this.id, listener: this.listener })
     if (options.mqtt.inspect) {
-      const framers = MqttFramer.pair()
+      const framers = MqttFramer.pair({ client: this, broker: new BrokerFramerEvents(this) })
       this.#fromClient = framers.fromClient
       this.#fromBroker = framers.fromBroker
     }
@@ -204,6 +243,44 @@ export class Connection implements ClientEvents {
   /** True when MQTT framers read both directions (mqtt.inspect); false: a blind pipe. */
   get inspecting(): boolean {
     return this.#fromClient !== undefined
+  }
+
+  /** Inspected, and the client has not sent a complete CONNECT yet (mqtt.connectTimeout). */
+  get awaitingConnect(): boolean {
+    return this.#fromClient !== undefined && !this.#connectRead && !this.closing
+  }
+
+  /** No CONNECT within mqtt.connectTimeout: close the client, and the broker socket at once. */
+  connectTimedOut(timeout: number): void {
+    this.#log.warn({ timeoutMs: timeout }, 'no CONNECT within mqtt.connectTimeout; closing')
+    this.#options.metrics.mqttRefused('connect_timeout')
+    this.close(CloseCode.POLICY_VIOLATION, CloseReason.connectTimeout, 'gateway')
+    // Nothing of a partial CONNECT was forwarded (the framer holds it until it is whole).
+    this.#upstream.destroy()
+  }
+
+  // ---- the framers' events (client side here; broker side through BrokerFramerEvents) -------
+
+  /** A client packet's header was read: refuse it when over mqtt.maxPacketSize. */
+  mqttPacket(_type: PacketTypeValue, _flags: number, size: number): boolean {
+    if (size <= this.#options.mqtt.maxPacketSize) return true
+    this.#refusedSize = size
+    return false
+  }
+
+  mqttConnect(info: ConnectInfo): void {
+    this.#connectRead = true
+    if (this.protocol !== false && !subprotocolMatches(this.protocol, info.level)) {
+      this.#log.info(
+        { protocol: this.protocol, protocolLevel: info.level },
+        'CONNECT protocol level does not match the WebSocket subprotocol; let through',
+      )
+      this.#options.metrics.mqttSubprotocolMismatch(this.protocol, info.level)
+    }
+  }
+
+  brokerConnack(): void {
+    this.#connackRead = true
   }
 
   /** True once a close has begun, from either side. */
@@ -290,7 +367,10 @@ export class Connection implements ClientEvents {
   // The client framer stopped: nothing from the bad packet on has been forwarded, nor will be.
   #clientStopped(error: MqttMalformedError | undefined): void {
     this.#inspectStopped = true
-    if (error === undefined) return
+    if (error === undefined) {
+      if (this.#refusedSize > 0) this.#packetTooLarge()
+      return
+    }
     this.#malformed(error)
     this.close(CloseCode.PROTOCOL_ERROR, CloseReason.malformed(error.message), 'gateway')
   }
@@ -300,6 +380,22 @@ export class Connection implements ClientEvents {
     if (error === undefined) return
     this.#malformed(error)
     this.close(CloseCode.INTERNAL_ERROR, CloseReason.malformed(error.message), 'gateway')
+  }
+
+  // An MQTT 5 client is told why in its own protocol first, when the DISCONNECT can go in
+  // between two broker packets and the CONNACK has gone (none may come before it).
+  #packetTooLarge(): void {
+    const level = this.#fromClient?.level
+    this.#log.warn(
+      { size: this.#refusedSize, maxPacketSize: this.#options.mqtt.maxPacketSize, level },
+      'MQTT packet over mqtt.maxPacketSize; closing',
+    )
+    this.#options.metrics.mqttRefused('packet_too_large')
+    if (level === 5 && this.#connackRead && this.#fromBroker?.atBoundary === true) {
+      this.#toClientStopped = true
+      this.#client.send(DISCONNECT_PACKET_TOO_LARGE)
+    }
+    this.close(CloseCode.MESSAGE_TOO_BIG, CloseReason.packetTooLarge, 'gateway')
   }
 
   #malformed(error: MqttMalformedError): void {
@@ -374,6 +470,8 @@ export class Connection implements ClientEvents {
       this.#toClient(chunk)
       return
     }
+    // After the gateway's own DISCONNECT nothing more may reach the client.
+    if (this.#toClientStopped) return
     const result = framer.push(chunk)
     if (result.released !== undefined) this.#toClient(result.released)
     if (result.forward === chunk.length) this.#toClient(chunk)

@@ -251,6 +251,18 @@ export const schema = {
       default: true,
       env: 'DRAWBRIDGE_MQTT_INSPECT',
     },
+    connectTimeout: {
+      doc: 'With mqtt.inspect, a client that has not sent a complete CONNECT within this time after its connection opened is closed (1008) and its broker connection with it (0 = never).',
+      format: 'duration',
+      default: 10_000,
+      env: 'DRAWBRIDGE_MQTT_CONNECT_TIMEOUT',
+    },
+    maxPacketSize: {
+      doc: 'With mqtt.inspect, the largest MQTT packet a client may send, fixed header included. A larger one is refused as soon as its header is read, before any of it reaches the broker: an MQTT 5 client is sent DISCONNECT 0x95 (Packet too large), then every client is closed with 1009.',
+      format: 'size',
+      default: 16 * 1024 * 1024,
+      env: 'DRAWBRIDGE_MQTT_MAX_PACKET_SIZE',
+    },
   },
   shutdown: {
     grace: {
@@ -338,7 +350,7 @@ export interface RawConfig {
   http: { diagnostics: boolean; trustedProxies: string[] }
   tcp: { enabled: boolean; port: number }
   limits: { maxConnections: number; highWaterMark: number }
-  mqtt: { inspect: boolean }
+  mqtt: { inspect: boolean; connectTimeout: number; maxPacketSize: number }
   shutdown: { grace: number }
   admin: {
     enabled: boolean

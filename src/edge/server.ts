@@ -162,6 +162,9 @@ export class EdgeServer {
       interval: this.#options.ws.pingInterval,
       timeout: this.#options.ws.pongTimeout,
     })
+    // The sweep serves the mqtts listener's connections too (they share the registry).
+    if (this.#options.mqtt.inspect)
+      this.#connections.startConnectSweep(this.#options.mqtt.connectTimeout)
     return address
   }
 
@@ -186,6 +189,7 @@ export class EdgeServer {
   async close(grace: number): Promise<void> {
     this.#closing = true
     this.#connections.stopPings()
+    this.#connections.stopConnectSweep()
     const serverClosed = new Promise<void>((resolve) => this.#server.close(() => resolve()))
     this.#server.closeIdleConnections()
     await this.#connections.closeAll(this.scheme, grace, this.#log)
