@@ -17,7 +17,7 @@
 import type { Socket } from 'node:net'
 import type { Logger } from '../log.js'
 import type { Metrics } from '../metrics.js'
-import type { ConnectInfo } from '../mqtt/connect.js'
+import type { ConnackInfo, ConnectInfo } from '../mqtt/connect.js'
 import { MqttFramer, type FramerEvents } from '../mqtt/framer.js'
 import type { MqttMalformedError } from '../mqtt/errors.js'
 import type { PacketTypeValue } from '../mqtt/packet.js'
@@ -125,9 +125,24 @@ class BrokerFramerEvents implements FramerEvents {
     this.#connection = connection
   }
 
-  mqttConnack(): void {
-    this.#connection.brokerConnack()
+  mqttPacket(type: PacketTypeValue): boolean {
+    this.#connection.brokerPacket(type)
+    return true
   }
+
+  mqttConnack(info: ConnackInfo): void {
+    this.#connection.brokerConnack(info)
+  }
+}
+
+/** Who the client said it is, from its CONNECT (never the password): log lines, /connections. */
+export interface MqttSession {
+  clientId: string
+  /** Undefined when the CONNECT carries no username. */
+  username: string | undefined
+  protocolLevel: 3 | 4 | 5
+  /** Seconds; 0: keep alive off. */
+  keepalive: number
 }
 
 export class Connection implements ClientEvents, FramerEvents {
@@ -155,6 +170,11 @@ export class Connection implements ClientEvents, FramerEvents {
   /** How many times each direction was paused (backpressure_pauses_total). */
   pausesToBroker = 0
   pausesToClient = 0
+  /** MQTT packets by type (index 0-15) each way, counted by the framers (mqtt.inspect). */
+  readonly packetsToBroker: number[] | undefined
+  readonly packetsToClient: number[] | undefined
+  /** What the CONNECT said, once it has been read (mqtt.inspect). */
+  mqtt: MqttSession | undefined
   /** Ended by the ping sweep (ping_timeouts_total). */
   pingTimedOut = false
   closed: CloseSummary | undefined
@@ -209,6 +229,8 @@ export class Connection implements ClientEvents, FramerEvents {
       const framers = MqttFramer.pair({ client: this, broker: new BrokerFramerEvents(this) })
       this.#fromClient = framers.fromClient
       this.#fromBroker = framers.fromBroker
+      this.packetsToBroker = new Array<number>(16).fill(0)
+      this.packetsToClient = new Array<number>(16).fill(0)
     }
 
     ;(upstream as unknown as Owned)[OWNER] = this
@@ -262,14 +284,26 @@ export class Connection implements ClientEvents, FramerEvents {
   // ---- the framers' events (client side here; broker side through BrokerFramerEvents) -------
 
   /** A client packet's header was read: refuse it when over mqtt.maxPacketSize. */
-  mqttPacket(_type: PacketTypeValue, _flags: number, size: number): boolean {
-    if (size <= this.#options.mqtt.maxPacketSize) return true
+  mqttPacket(type: PacketTypeValue, _flags: number, size: number): boolean {
+    if (size <= this.#options.mqtt.maxPacketSize) {
+      const counts = this.packetsToBroker as number[] // allocated with the framers
+      counts[type] = (counts[type] as number) + 1 // 16 slots
+      return true
+    }
     this.#refusedSize = size
     return false
   }
 
   mqttConnect(info: ConnectInfo): void {
     this.#connectRead = true
+    this.mqtt = {
+      clientId: info.clientId,
+      username: info.username,
+      protocolLevel: info.level,
+      keepalive: info.keepAlive,
+    }
+    this.#log.info({ ...this.mqtt }, 'mqtt connect')
+    this.#options.metrics.mqttConnect(info.level)
     if (this.protocol !== false && !subprotocolMatches(this.protocol, info.level)) {
       this.#log.info(
         { protocol: this.protocol, protocolLevel: info.level },
@@ -279,8 +313,14 @@ export class Connection implements ClientEvents, FramerEvents {
     }
   }
 
-  brokerConnack(): void {
+  brokerPacket(type: PacketTypeValue): void {
+    const counts = this.packetsToClient as number[] // allocated with the framers
+    counts[type] = (counts[type] as number) + 1 // 16 slots
+  }
+
+  brokerConnack(info: ConnackInfo): void {
     this.#connackRead = true
+    this.#options.metrics.mqttConnack(info.level, info.code)
   }
 
   /** True once a close has begun, from either side. */
@@ -549,6 +589,7 @@ export class Connection implements ClientEvents, FramerEvents {
         code: this.closed.code,
         initiator: this.closed.initiator,
         reason: this.closed.reason,
+        ...this.mqtt,
       },
       'connection closed',
     )
