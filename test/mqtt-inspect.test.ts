@@ -4,12 +4,14 @@
 // blind pipe again.
 import { once } from 'node:events'
 import net from 'node:net'
+import tls from 'node:tls'
 import { connectAsync, type IClientOptions } from 'mqtt'
 import t from 'tap'
 import { WebSocket } from 'ws'
 import { MOSQUITTO, startBroker, type Teardown } from './helpers/broker.js'
 import { startTestGateway } from './helpers/gateway.js'
 import { nextMessage, pattern, sha256 } from './helpers/mqtt.js'
+import { testPki, tlsEnv, writeServerFiles } from './helpers/pki.js'
 import { scrape, value } from './helpers/scrape.js'
 import { connectPacket, encode, openRawClient } from './helpers/wsmqtt.js'
 
@@ -177,3 +179,44 @@ t.test('mqtt.inspect=false is the blind pipe: no framer, bad bytes forwarded', a
   t.match(line, { code: 1000, initiator: 'client' })
   t.equal(Buffer.concat(broker.received).toString('hex'), bytes.toString('hex'), 'forwarded')
 })
+
+t.test(
+  'mqtts: a malformed client packet ends the TLS connection, logged and counted',
+  async (t) => {
+    const pki = testPki()
+    const broker = await recordingBroker(t)
+    const files = writeServerFiles(t, pki)
+    const gw = await startTestGateway(
+      t,
+      broker.port,
+      tlsEnv(files, { DRAWBRIDGE_TLS_CLIENT_AUTH: 'required', DRAWBRIDGE_TCP_ENABLED: 'true' }),
+    )
+    const socket = tls.connect({
+      host: '127.0.0.1',
+      port: gw.mqttsPort ?? 0,
+      ca: pki.ca.cert,
+      cert: pki.clients.good.cert,
+      key: pki.clients.good.key,
+    })
+    t.teardown(() => socket.destroy())
+    socket.on('error', () => undefined)
+    await once(socket, 'secureConnect')
+    const connect = connectPacket('mqtts-bad')
+    socket.write(Buffer.concat([connect, Buffer.from([0x36, 0x05, 0x00, 0x01, 0x61, 0x00, 0x01])]))
+    socket.resume()
+    await once(socket, 'close')
+    const line = await gw.waitForLog((l) => l.msg === 'connection closed' && l.listener === 'mqtts')
+    t.match(line, {
+      initiator: 'gateway',
+      reason: /^malformed MQTT from the client: a PUBLISH with QoS 3/,
+    })
+    t.equal(line.code, undefined, 'mqtts has no close code')
+    t.equal(
+      Buffer.concat(broker.received).toString('hex'),
+      connect.toString('hex'),
+      'the broker got the CONNECT and nothing of the bad PUBLISH',
+    )
+    const s = await scrape(gw.adminUrl)
+    t.equal(value(s, MALFORMED, { sender: 'client', reason: 'header_flags' }), 1)
+  },
+)
