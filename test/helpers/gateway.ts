@@ -65,9 +65,6 @@ export async function startTestGateway(
     DRAWBRIDGE_TCP_PORT: '0',
     DRAWBRIDGE_ADMIN_HOST: '127.0.0.1',
     DRAWBRIDGE_ADMIN_PORT: '0',
-    // The in-process tests read MQTT (the feature's tests need it, and every other test then
-    // runs through the framers too); the fault suite's processes run the shipped default.
-    DRAWBRIDGE_MQTT_INSPECT: 'true',
     ...env,
   }
   const { config } = loadConfig({ profile: 'development', env: fullEnv })
