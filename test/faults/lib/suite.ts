@@ -30,22 +30,14 @@ interface Commenter {
   comment: (...message: unknown[]) => void
 }
 
-/** A seeded PRNG (mulberry32): the same seed gives the same run. */
-export interface Random {
-  readonly seed: number
-  /** In [0, 1). */
+/** A seeded PRNG (mulberry32): the same seed gives the same sequence. */
+export interface Prng {
   next: () => number
-  /** An integer in [0, n). */
   int: (n: number) => number
   bytes: (n: number) => Buffer
 }
 
-/** The seed of a case: FAULTS_SEED when set, else a fixed one per case name; printed. */
-export function random(t: Commenter, name: string): Random {
-  const fromEnv = Number(process.env.FAULTS_SEED)
-  let seed = Number.isInteger(fromEnv) && process.env.FAULTS_SEED !== undefined ? fromEnv : 0
-  if (seed === 0) for (const char of name) seed = (Math.imul(seed, 31) + char.charCodeAt(0)) >>> 0
-  t.comment(`${name}: seed=${seed} (replay with FAULTS_SEED=${seed}), size=${SIZE}`)
+export function prng(seed: number): Prng {
   let state = seed >>> 0
   const next = (): number => {
     state = (state + 0x6d2b79f5) >>> 0
@@ -55,15 +47,31 @@ export function random(t: Commenter, name: string): Random {
     return ((x ^ (x >>> 14)) >>> 0) / 4294967296
   }
   return {
-    seed,
     next,
     int: (n) => Math.floor(next() * n),
     bytes: (n) => {
       const out = Buffer.allocUnsafe(n)
-      for (let i = 0; i < n; i++) out[i] = Math.floor(next() * 256)
+      for (let i = 0; i < n; i += 4) {
+        const word = (next() * 4294967296) >>> 0
+        for (let k = 0; k < 4 && i + k < n; k++) out[i + k] = (word >>> (8 * k)) & 0xff
+      }
       return out
     },
   }
+}
+
+/** The PRNG of a case, with the seed it was made from. */
+export interface Random extends Prng {
+  readonly seed: number
+}
+
+/** The seed of a case: FAULTS_SEED when set, else a fixed one per case name; printed. */
+export function random(t: Commenter, name: string): Random {
+  const fromEnv = Number(process.env.FAULTS_SEED)
+  let seed = Number.isInteger(fromEnv) && process.env.FAULTS_SEED !== undefined ? fromEnv : 0
+  if (seed === 0) for (const char of name) seed = (Math.imul(seed, 31) + char.charCodeAt(0)) >>> 0
+  t.comment(`${name}: seed=${seed} (replay with FAULTS_SEED=${seed}), size=${SIZE}`)
+  return { seed, ...prng(seed) }
 }
 
 /** Prints a case's figures as one comment line, e.g. `# figures drops: clients=500 leaked=0`. */

@@ -6,6 +6,7 @@
 import { once } from 'node:events'
 import { WebSocket } from 'ws'
 import type { Teardown } from '../../helpers/broker.js'
+import { prng, type Prng } from './suite.js'
 
 // ---- the encoder ---------------------------------------------------------------------------
 
@@ -154,37 +155,9 @@ export class PacketReader {
   }
 }
 
-// ---- seeded randomness without the banner ----------------------------------------------------
-
-/** A mulberry32 stream for a sub-part of a case (derived from the case's printed seed). */
-export interface Prng {
-  next: () => number
-  int: (n: number) => number
-  bytes: (n: number) => Buffer
-}
-
-export function prng(seed: number): Prng {
-  let state = seed >>> 0
-  const next = (): number => {
-    state = (state + 0x6d2b79f5) >>> 0
-    let x = state
-    x = Math.imul(x ^ (x >>> 15), x | 1)
-    x ^= x + Math.imul(x ^ (x >>> 7), x | 61)
-    return ((x ^ (x >>> 14)) >>> 0) / 4294967296
-  }
-  return {
-    next,
-    int: (n) => Math.floor(next() * n),
-    bytes: (n) => {
-      const out = Buffer.allocUnsafe(n)
-      for (let i = 0; i < n; i += 4) {
-        const word = (next() * 4294967296) >>> 0
-        for (let k = 0; k < 4 && i + k < n; k++) out[i + k] = (word >>> (8 * k)) & 0xff
-      }
-      return out
-    },
-  }
-}
+// Sub-parts of a case draw from streams of the suite's one seeded generator (mulberry32),
+// derived from the case's printed seed; re-exported for this module's users.
+export { prng, type Prng }
 
 // ---- the client ----------------------------------------------------------------------------
 
