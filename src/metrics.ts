@@ -20,6 +20,8 @@ import {
 } from 'prom-client'
 import type { Initiator } from './bridge/close-codes.js'
 import { REFUSAL_REASONS, type RefusalReason } from './edge/refusals.js'
+import { MALFORMED_REASONS, type MalformedReason } from './mqtt/errors.js'
+import { PACKET_NAMES } from './mqtt/packet.js'
 import type { ConnectAttempt, ConnectFailureReason } from './upstream/connector.js'
 
 export const METRIC_PREFIX = 'drawbridge_'
@@ -52,6 +54,12 @@ export const METRIC = {
   buildInfo: 'build_info',
   clientConnectionsActive: 'client_connections_active',
   clientBytes: 'client_bytes_total',
+  mqttMalformed: 'mqtt_malformed_total',
+  mqttRefusals: 'mqtt_refusals_total',
+  mqttSubprotocolMismatch: 'mqtt_subprotocol_mismatch_total',
+  mqttConnects: 'mqtt_connects_total',
+  mqttConnacks: 'mqtt_connacks_total',
+  mqttPackets: 'mqtt_packets_total',
 } as const
 
 export type Direction = 'client_to_broker' | 'broker_to_client'
@@ -68,6 +76,20 @@ const UPSTREAM_ERROR_REASONS = [
   'other',
 ] as const satisfies readonly UpstreamErrorReason[]
 
+/** The CONNACK reason codes MQTT 5 defines (3.2.2.2), so the code label stays bounded. */
+const MQTT5_CONNACK_CODES = new Set([
+  0x00, 0x80, 0x81, 0x82, 0x83, 0x84, 0x85, 0x86, 0x87, 0x88, 0x89, 0x8a, 0x8c, 0x90, 0x95, 0x97,
+  0x99, 0x9a, 0x9b, 0x9c, 0x9d, 0x9f,
+])
+
+/** Why an MQTT guard closed a connection. */
+export type MqttRefusalReason = 'connect_timeout' | 'packet_too_large'
+
+const MQTT_REFUSAL_REASONS = [
+  'connect_timeout',
+  'packet_too_large',
+] as const satisfies readonly MqttRefusalReason[]
+
 /** The plain-number counters a live connection keeps; read at scrape time only. */
 export interface ConnectionCounters {
   readonly listener: string
@@ -80,6 +102,9 @@ export interface ConnectionCounters {
   readonly framesToClient: number
   readonly pausesToBroker: number
   readonly pausesToClient: number
+  /** MQTT packets by type (0-15) each way; undefined when not inspected (mqtt.inspect=false). */
+  readonly packetsToBroker?: readonly number[] | undefined
+  readonly packetsToClient?: readonly number[] | undefined
 }
 
 /** A finished connection: its final counters and how it ended. */
@@ -115,6 +140,8 @@ interface Totals {
   framesToClient: number
   pausesToBroker: number
   pausesToClient: number
+  packetsToBroker: number[]
+  packetsToClient: number[]
 }
 
 function zeroTotals(): Totals {
@@ -125,10 +152,25 @@ function zeroTotals(): Totals {
     framesToClient: 0,
     pausesToBroker: 0,
     pausesToClient: 0,
+    packetsToBroker: new Array<number>(16).fill(0),
+    packetsToClient: new Array<number>(16).fill(0),
   }
 }
 
-function addTotals(into: Totals, from: Totals): void {
+function copyTotals(from: Totals): Totals {
+  const copy = zeroTotals()
+  addTotals(copy, from)
+  return copy
+}
+
+function addPackets(into: number[], from: readonly number[] | undefined): void {
+  if (from === undefined) return
+  for (let type = 0; type < 16; type++) into[type] = (into[type] ?? 0) + (from[type] ?? 0)
+}
+
+function addTotals(into: Totals, from: ConnectionCounters | Totals): void {
+  addPackets(into.packetsToBroker, from.packetsToBroker)
+  addPackets(into.packetsToClient, from.packetsToClient)
   into.bytesToBroker += from.bytesToBroker
   into.bytesToClient += from.bytesToClient
   into.framesToBroker += from.framesToBroker
@@ -166,6 +208,11 @@ export class Metrics {
   readonly #tlsCertificateExpiry: Gauge<'listener'>
   readonly #tlsReloads: Counter<'result'>
   readonly #tlsSessionsClosed: Counter<'reason'>
+  readonly #mqttMalformed: Counter<'sender' | 'reason'>
+  readonly #mqttRefusals: Counter<'reason'>
+  readonly #mqttSubprotocolMismatch: Counter<'subprotocol' | 'level'>
+  readonly #mqttConnects: Counter<'level'>
+  readonly #mqttConnacks: Counter<'level' | 'code'>
 
   constructor(options: MetricsOptions) {
     this.#options = options
@@ -306,6 +353,56 @@ export class Metrics {
       registers,
     })
     for (const reason of ['revoked', 'expired']) this.#tlsSessionsClosed.inc({ reason }, 0)
+    this.#mqttMalformed = new Counter({
+      name: name(METRIC.mqttMalformed),
+      help: 'Connections closed because a packet broke the MQTT framing rules (mqtt.inspect), by sender (client: closed 1002; broker: 1011) and reason (the rule the framer names).',
+      labelNames: ['sender', 'reason'],
+      registers,
+    })
+    for (const sender of ['client', 'broker']) {
+      for (const reason of MALFORMED_REASONS) this.#mqttMalformed.inc({ sender, reason }, 0)
+    }
+    this.#mqttRefusals = new Counter({
+      name: name(METRIC.mqttRefusals),
+      help: 'Connections closed by an MQTT guard (mqtt.inspect), by reason (connect_timeout: no CONNECT within mqtt.connectTimeout, closed 1008; packet_too_large: a client packet over mqtt.maxPacketSize, closed 1009).',
+      labelNames: ['reason'],
+      registers,
+    })
+    for (const reason of MQTT_REFUSAL_REASONS) this.#mqttRefusals.inc({ reason }, 0)
+    this.#mqttSubprotocolMismatch = new Counter({
+      name: name(METRIC.mqttSubprotocolMismatch),
+      help: 'CONNECTs whose protocol level does not go with the negotiated WebSocket subprotocol (level 4 or 5 on mqttv3.1, level 3 on mqtt), let through, by subprotocol and level.',
+      labelNames: ['subprotocol', 'level'],
+      registers,
+    })
+    this.#mqttConnects = new Counter({
+      name: name(METRIC.mqttConnects),
+      help: 'Client CONNECTs read whole and sound (mqtt.inspect), by protocol level (3: MQTT 3.1, 4: 3.1.1, 5: 5).',
+      labelNames: ['level'],
+      registers,
+    })
+    for (const level of ['3', '4', '5']) this.#mqttConnects.inc({ level }, 0)
+    this.#mqttConnacks = new Counter({
+      name: name(METRIC.mqttConnacks),
+      help: 'Broker CONNACKs (mqtt.inspect), by the protocol level of the CONNECT and return code (3, 4: 0-5) or reason code (5), in decimal; codes the specification does not define as "other".',
+      labelNames: ['level', 'code'],
+      registers,
+    })
+    new Counter({
+      name: name(METRIC.mqttPackets),
+      help: 'MQTT packets bridged (mqtt.inspect), by type (CONNECT, PUBLISH, ...) and direction.',
+      labelNames: ['type', 'direction'],
+      registers,
+      collect() {
+        const totals = self.#totals()
+        this.reset()
+        for (let type = 1; type < 16; type++) {
+          const name = PACKET_NAMES[type] as string // 16 names
+          this.inc({ type: name, direction: 'client_to_broker' }, totals.packetsToBroker[type])
+          this.inc({ type: name, direction: 'broker_to_client' }, totals.packetsToClient[type])
+        }
+      },
+    })
     new Gauge({
       name: name(METRIC.buildInfo),
       help: 'Always 1; the labels say which Drawbridge and Node.js versions are running.',
@@ -395,6 +492,32 @@ export class Metrics {
     this.#tlsSessionsClosed.inc({ reason })
   }
 
+  /** A malformed MQTT packet closed a connection (once per connection). */
+  mqttMalformed(sender: 'client' | 'broker', reason: MalformedReason): void {
+    this.#mqttMalformed.inc({ sender, reason })
+  }
+
+  /** A client's CONNECT was read (once per connection). */
+  mqttConnect(level: 3 | 4 | 5): void {
+    this.#mqttConnects.inc({ level: String(level) })
+  }
+
+  /** A broker's CONNACK was read (once per connection). */
+  mqttConnack(level: number, code: number): void {
+    const known = level === 5 ? MQTT5_CONNACK_CODES.has(code) : code <= 5
+    this.#mqttConnacks.inc({ level: String(level), code: known ? String(code) : 'other' })
+  }
+
+  /** An MQTT guard closed a connection. */
+  mqttRefused(reason: MqttRefusalReason): void {
+    this.#mqttRefusals.inc({ reason })
+  }
+
+  /** A CONNECT's level did not go with the subprotocol (labels: 2 subprotocols x 3 levels). */
+  mqttSubprotocolMismatch(subprotocol: string, level: number): void {
+    this.#mqttSubprotocolMismatch.inc({ subprotocol, level: String(level) })
+  }
+
   setCertificateExpiry(listener: string, notAfter: Date): void {
     this.#tlsCertificateExpiry.set({ listener }, Math.floor(notAfter.getTime() / 1000))
   }
@@ -404,7 +527,7 @@ export class Metrics {
   }
 
   #totals(): Totals {
-    const totals = { ...this.#closed }
+    const totals = copyTotals(this.#closed)
     for (const c of this.#live()) addTotals(totals, c)
     return totals
   }
@@ -443,7 +566,7 @@ export class Metrics {
       registers,
       collect() {
         const byClient = new Map<string, Totals>()
-        for (const [label, totals] of self.#closedByClient) byClient.set(label, { ...totals })
+        for (const [label, totals] of self.#closedByClient) byClient.set(label, copyTotals(totals))
         for (const c of self.#live()) {
           const label = self.#clientLabel(c.clientIdentity)
           let totals = byClient.get(label)

@@ -74,6 +74,8 @@ function gatewayEnv(brokerPort: number): Record<string, string> {
     // The fake brokers here treat every TCP connection as the client's; the readiness check's
     // own connects would be counted as client traffic.
     DRAWBRIDGE_ADMIN_ENABLED: 'false',
+    // The 50 MiB are a byte pattern, not MQTT packets: this measures the blind pipe.
+    DRAWBRIDGE_MQTT_INSPECT: 'false',
   }
 }
 

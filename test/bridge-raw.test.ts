@@ -151,7 +151,8 @@ t.test('a message over ws.maxPayload is closed with 1009', async (t) => {
 t.test('broker bytes reach the client byte for byte in binary frames', async (t) => {
   const data = pattern(5 * 1024 * 1024, 3)
   const port = await fakeBroker(t, (socket) => socket.end(data))
-  const gw = await startTestGateway(t, port)
+  // A byte pattern, not MQTT: the blind pipe (mqtt.inspect=false) forwards anything.
+  const gw = await startTestGateway(t, port, { DRAWBRIDGE_MQTT_INSPECT: 'false' })
   const ws = new WebSocket(gw.url, ['mqtt'])
   t.teardown(() => ws.terminate())
   const chunks: Buffer[] = []

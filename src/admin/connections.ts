@@ -33,6 +33,16 @@ export interface ConnectionView {
   paused: { clientToBroker: boolean; brokerToClient: boolean }
   /** How many times each direction has been paused. */
   pauses: { clientToBroker: number; brokerToClient: number }
+  /**
+   * What the client's CONNECT said (mqtt.inspect), never its password; null before the CONNECT
+   * has been read, or without mqtt.inspect.
+   */
+  mqtt: {
+    clientId: string
+    username: string | null
+    protocolLevel: 3 | 4 | 5
+    keepalive: number
+  } | null
 }
 
 export function describeConnection(c: Connection, now = Date.now()): ConnectionView {
@@ -56,5 +66,6 @@ export function describeConnection(c: Connection, now = Date.now()): ConnectionV
     frames: { clientToBroker: c.framesToBroker, brokerToClient: c.framesToClient },
     paused: { clientToBroker: c.pausedToBroker, brokerToClient: c.pausedToClient },
     pauses: { clientToBroker: c.pausesToBroker, brokerToClient: c.pausesToClient },
+    mqtt: c.mqtt ? { ...c.mqtt, username: c.mqtt.username ?? null } : null,
   }
 }

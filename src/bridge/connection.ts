@@ -1,7 +1,13 @@
 // One client connection, whatever listener accepted it: a client side (a WebSocket, or the TLS
 // socket of an mqtts client; client-side.ts) and the broker's TCP socket, bytes piped both ways
 // unchanged. A WebSocket frame may carry part of an MQTT packet or several [MQTT-6.0.0-2], so
-// the bridge never re-frames or inspects: it forwards the byte stream.
+// the bridge never re-frames: it forwards the byte stream.
+//
+// With mqtt.inspect (the default) each direction goes through a streaming MQTT framer
+// (mqtt/framer.ts) that says how much of each chunk is safe to forward; what it passes is
+// forwarded byte for byte, so the stream is unchanged. A malformed packet is never forwarded:
+// from the client it closes the connection with 1002, from the broker with 1011, both with the
+// framer's message as the reason. Without it no framer is allocated and the pipe is blind.
 //
 // Memory per connection is bounded in both directions:
 // - client -> broker: when the broker socket's write buffer passes highWaterMark, the client
@@ -10,6 +16,11 @@
 //   broker socket stops reading until the buffer is down to about half the mark.
 import type { Socket } from 'node:net'
 import type { Logger } from '../log.js'
+import type { Metrics } from '../metrics.js'
+import type { ConnackInfo, ConnectInfo } from '../mqtt/connect.js'
+import { MqttFramer, type FramerEvents } from '../mqtt/framer.js'
+import type { MqttMalformedError } from '../mqtt/errors.js'
+import type { PacketTypeValue } from '../mqtt/packet.js'
 import type { ClientEvents, ClientSide } from './client-side.js'
 import { CloseCode, CloseReason, type CloseCodeValue, type Initiator } from './close-codes.js'
 
@@ -65,8 +76,32 @@ export interface ConnectionInfo {
   tls?: ConnectionTls
 }
 
+/** What the MQTT framers of a connection are told (mqtt.*). */
+export interface MqttInspection {
+  /** mqtt.inspect: false pipes the bytes blind, with no framer. */
+  inspect: boolean
+  /** mqtt.maxPacketSize: the largest client packet, fixed header included. */
+  maxPacketSize: number
+}
+
+/**
+ * An MQTT 5 DISCONNECT with reason code 0x95 (Packet too large) and no properties: fixed
+ * header 0xE0, remaining length 2, the reason code, property length 0 (MQTT 5, 3.14).
+ */
+const DISCONNECT_PACKET_TOO_LARGE = Buffer.from([0xe0, 0x02, 0x95, 0x00])
+
+/** The WebSocket subprotocol that names each protocol level (MQTT 3.1 is mqttv3.1). */
+function subprotocolMatches(protocol: string, level: number): boolean {
+  if (protocol === 'mqttv3.1') return level === 3
+  if (protocol === 'mqtt') return level === 4 || level === 5
+  return true
+}
+
 export interface ConnectionOptions {
   highWaterMark: number
+  mqtt: MqttInspection
+  /** Counts what the framers find (malformed packets); the byte counts stay plain fields. */
+  metrics: Metrics
   /** The connection logs through a child of it that names the connection and its listener. */
   log: Logger
   /** Called once, after both sides are closed. */
@@ -81,7 +116,36 @@ export interface CloseSummary {
   reason: string
 }
 
-export class Connection implements ClientEvents {
+// The broker-side framer's events. One small object per inspected connection (a class, so no
+// closure): the Connection itself takes the client-side framer's.
+class BrokerFramerEvents implements FramerEvents {
+  readonly #connection: Connection
+
+  constructor(connection: Connection) {
+    this.#connection = connection
+  }
+
+  mqttPacket(type: PacketTypeValue): boolean {
+    this.#connection.brokerPacket(type)
+    return true
+  }
+
+  mqttConnack(info: ConnackInfo): void {
+    this.#connection.brokerConnack(info)
+  }
+}
+
+/** Who the client said it is, from its CONNECT (never the password): log lines, /connections. */
+export interface MqttSession {
+  clientId: string
+  /** Undefined when the CONNECT carries no username. */
+  username: string | undefined
+  protocolLevel: 3 | 4 | 5
+  /** Seconds; 0: keep alive off. */
+  keepalive: number
+}
+
+export class Connection implements ClientEvents, FramerEvents {
   readonly id: string
   readonly listener: string
   readonly remoteAddress: string
@@ -106,6 +170,11 @@ export class Connection implements ClientEvents {
   /** How many times each direction was paused (backpressure_pauses_total). */
   pausesToBroker = 0
   pausesToClient = 0
+  /** MQTT packets by type (index 0-15) each way, counted by the framers (mqtt.inspect). */
+  readonly packetsToBroker: number[] | undefined
+  readonly packetsToClient: number[] | undefined
+  /** What the CONNECT said, once it has been read (mqtt.inspect). */
+  mqtt: MqttSession | undefined
   /** Ended by the ping sweep (ping_timeouts_total). */
   pingTimedOut = false
   closed: CloseSummary | undefined
@@ -123,6 +192,19 @@ export class Connection implements ClientEvents {
   #lowWaterPending = false
   /** Broker socket corked until the end of this tick (see clientData). */
   #corked = false
+  /** The MQTT framers (mqtt.inspect); undefined when the pipe is blind. */
+  readonly #fromClient: MqttFramer | undefined
+  readonly #fromBroker: MqttFramer | undefined
+  /** A framer stopped a direction: what it said has been acted on once. */
+  #inspectStopped = false
+  /** The client's CONNECT has been read whole (and forwarded). */
+  #connectRead = false
+  /** The broker's CONNACK has been read (and forwarded). */
+  #connackRead = false
+  /** The size of the client packet refused for mqtt.maxPacketSize, else 0. */
+  #refusedSize = 0
+  /** Broker bytes are no longer forwarded: the gateway sent the client a DISCONNECT. */
+  #toClientStopped = false
 
   constructor(
     client: ClientSide,
@@ -143,6 +225,13 @@ export class Connection implements ClientEvents {
     this.#upstream = upstream
     this.#options = options
     this.#log = options.log.child({ conn: this.id, listener: this.listener })
+    if (options.mqtt.inspect) {
+      const framers = MqttFramer.pair({ client: this, broker: new BrokerFramerEvents(this) })
+      this.#fromClient = framers.fromClient
+      this.#fromBroker = framers.fromBroker
+      this.packetsToBroker = new Array<number>(16).fill(0)
+      this.packetsToClient = new Array<number>(16).fill(0)
+    }
 
     ;(upstream as unknown as Owned)[OWNER] = this
     upstream.on('data', Connection.#onBrokerData)
@@ -171,6 +260,67 @@ export class Connection implements ClientEvents {
    */
   get clientIdentity(): string {
     return clientIdentityOf(this.tls, this.clientAddress)
+  }
+
+  /** True when MQTT framers read both directions (mqtt.inspect); false: a blind pipe. */
+  get inspecting(): boolean {
+    return this.#fromClient !== undefined
+  }
+
+  /** Inspected, and the client has not sent a complete CONNECT yet (mqtt.connectTimeout). */
+  get awaitingConnect(): boolean {
+    return this.#fromClient !== undefined && !this.#connectRead && !this.closing
+  }
+
+  /** No CONNECT within mqtt.connectTimeout: close the client, and the broker socket at once. */
+  connectTimedOut(timeout: number): void {
+    this.#log.warn({ timeoutMs: timeout }, 'no CONNECT within mqtt.connectTimeout; closing')
+    this.#options.metrics.mqttRefused('connect_timeout')
+    this.close(CloseCode.POLICY_VIOLATION, CloseReason.connectTimeout, 'gateway')
+    // Nothing of a partial CONNECT was forwarded (the framer holds it until it is whole).
+    this.#upstream.destroy()
+  }
+
+  // ---- the framers' events (client side here; broker side through BrokerFramerEvents) -------
+
+  /** A client packet's header was read: refuse it when over mqtt.maxPacketSize. */
+  mqttPacket(type: PacketTypeValue, _flags: number, size: number): boolean {
+    if (size <= this.#options.mqtt.maxPacketSize) {
+      const counts = this.packetsToBroker as number[] // allocated with the framers
+      counts[type] = (counts[type] as number) + 1 // 16 slots
+      return true
+    }
+    this.#refusedSize = size
+    return false
+  }
+
+  mqttConnect(info: ConnectInfo): void {
+    this.#connectRead = true
+    this.mqtt = {
+      clientId: info.clientId,
+      username: info.username,
+      protocolLevel: info.level,
+      keepalive: info.keepAlive,
+    }
+    this.#log.info({ ...this.mqtt }, 'mqtt connect')
+    this.#options.metrics.mqttConnect(info.level)
+    if (this.protocol !== false && !subprotocolMatches(this.protocol, info.level)) {
+      this.#log.info(
+        { protocol: this.protocol, protocolLevel: info.level },
+        'CONNECT protocol level does not match the WebSocket subprotocol; let through',
+      )
+      this.#options.metrics.mqttSubprotocolMismatch(this.protocol, info.level)
+    }
+  }
+
+  brokerPacket(type: PacketTypeValue): void {
+    const counts = this.packetsToClient as number[] // allocated with the framers
+    counts[type] = (counts[type] as number) + 1 // 16 slots
+  }
+
+  brokerConnack(info: ConnackInfo): void {
+    this.#connackRead = true
+    this.#options.metrics.mqttConnack(info.level, info.code)
   }
 
   /** True once a close has begun, from either side. */
@@ -219,8 +369,21 @@ export class Connection implements ClientEvents {
 
   clientData(data: Buffer): void {
     if (this.#client.framed) this.framesToBroker++
-    this.bytesToBroker += data.length
     this.lastActivity = Date.now()
+    const framer = this.#fromClient
+    if (framer === undefined) {
+      this.#toBroker(data)
+      return
+    }
+    const result = framer.push(data)
+    if (result.released !== undefined) this.#toBroker(result.released)
+    if (result.forward === data.length) this.#toBroker(data)
+    else if (result.forward > 0) this.#toBroker(data.subarray(0, result.forward))
+    if (result.stopped && !this.#inspectStopped) this.#clientStopped(result.error)
+  }
+
+  #toBroker(data: Buffer): void {
+    this.bytesToBroker += data.length
     // ws emits every frame of one socket read in the same tick: cork so they reach the broker
     // in one writev instead of one syscall per frame (the byte stream is unchanged).
     if (!this.#corked) {
@@ -239,6 +402,48 @@ export class Connection implements ClientEvents {
       this.pausesToBroker++
       this.#client.pause()
     }
+  }
+
+  // The client framer stopped: nothing from the bad packet on has been forwarded, nor will be.
+  #clientStopped(error: MqttMalformedError | undefined): void {
+    this.#inspectStopped = true
+    if (error === undefined) {
+      if (this.#refusedSize > 0) this.#packetTooLarge()
+      return
+    }
+    this.#malformed(error)
+    this.close(CloseCode.PROTOCOL_ERROR, CloseReason.malformed(error.message), 'gateway')
+  }
+
+  #brokerStopped(error: MqttMalformedError | undefined): void {
+    this.#inspectStopped = true
+    if (error === undefined) return
+    this.#malformed(error)
+    this.close(CloseCode.INTERNAL_ERROR, CloseReason.malformed(error.message), 'gateway')
+  }
+
+  // An MQTT 5 client is told why in its own protocol first, when the DISCONNECT can go in
+  // between two broker packets and the CONNACK has gone (none may come before it).
+  #packetTooLarge(): void {
+    const level = this.#fromClient?.level
+    this.#log.warn(
+      { size: this.#refusedSize, maxPacketSize: this.#options.mqtt.maxPacketSize, level },
+      'MQTT packet over mqtt.maxPacketSize; closing',
+    )
+    this.#options.metrics.mqttRefused('packet_too_large')
+    if (level === 5 && this.#connackRead && this.#fromBroker?.atBoundary === true) {
+      this.#toClientStopped = true
+      this.#client.send(DISCONNECT_PACKET_TOO_LARGE)
+    }
+    this.close(CloseCode.MESSAGE_TOO_BIG, CloseReason.packetTooLarge, 'gateway')
+  }
+
+  #malformed(error: MqttMalformedError): void {
+    this.#log.warn(
+      { reason: error.reason, sender: error.sender, err: error.message },
+      'malformed MQTT packet; closing',
+    )
+    this.#options.metrics.mqttMalformed(error.sender, error.reason)
   }
 
   clientPong(): void {
@@ -299,9 +504,24 @@ export class Connection implements ClientEvents {
   }
 
   #brokerData(chunk: Buffer): void {
+    this.lastActivity = Date.now()
+    const framer = this.#fromBroker
+    if (framer === undefined) {
+      this.#toClient(chunk)
+      return
+    }
+    // After the gateway's own DISCONNECT nothing more may reach the client.
+    if (this.#toClientStopped) return
+    const result = framer.push(chunk)
+    if (result.released !== undefined) this.#toClient(result.released)
+    if (result.forward === chunk.length) this.#toClient(chunk)
+    else if (result.forward > 0) this.#toClient(chunk.subarray(0, result.forward))
+    if (result.stopped && !this.#inspectStopped) this.#brokerStopped(result.error)
+  }
+
+  #toClient(chunk: Buffer): void {
     if (this.#client.framed) this.framesToClient++
     this.bytesToClient += chunk.length
-    this.lastActivity = Date.now()
     const buffered = this.#client.bufferedAmount + chunk.length
     const mark = this.#options.highWaterMark
     if (buffered <= mark) {
@@ -314,9 +534,11 @@ export class Connection implements ClientEvents {
     }
     // This send crosses the mark: stop reading the broker until the pending low-water send (or,
     // without one, this send) has been flushed; sends are flushed in order.
-    this.pausedToClient = true
-    this.pausesToClient++
-    this.#upstream.pause()
+    if (!this.pausedToClient) {
+      this.pausedToClient = true
+      this.pausesToClient++
+      this.#upstream.pause()
+    }
     if (this.#lowWaterPending) this.#client.send(chunk)
     else this.#sendWithLowWater(chunk)
   }
@@ -367,6 +589,7 @@ export class Connection implements ClientEvents {
         code: this.closed.code,
         initiator: this.closed.initiator,
         reason: this.closed.reason,
+        ...this.mqtt,
       },
       'connection closed',
     )

@@ -17,6 +17,9 @@ export class ConnectionRegistry {
   /** The same connections by listener, for per-listener capacity and metrics. */
   readonly #byListener = new Map<string, Set<Connection>>()
   #pingTimer: NodeJS.Timeout | undefined
+  /** Inspected connections whose CONNECT has not been read yet (mqtt.connectTimeout). */
+  readonly #awaitingConnect = new Set<Connection>()
+  #connectTimer: NodeJS.Timeout | undefined
   #pongTimer: NodeJS.Timeout | undefined
 
   get size(): number {
@@ -36,11 +39,13 @@ export class ConnectionRegistry {
       this.#byListener.set(connection.listener, set)
     }
     set.add(connection)
+    if (connection.awaitingConnect) this.#awaitingConnect.add(connection)
   }
 
   delete(connection: Connection): void {
     this.#connections.delete(connection.id)
     this.#byListener.get(connection.listener)?.delete(connection)
+    this.#awaitingConnect.delete(connection)
   }
 
   get(id: string): Connection | undefined {
@@ -101,6 +106,37 @@ export class ConnectionRegistry {
     clearInterval(this.#pingTimer)
     clearTimeout(this.#pongTimer)
     this.#pingTimer = undefined
+  }
+
+  /**
+   * One timer for every listener's connections: a connection that has not sent a complete
+   * CONNECT within `timeout` ms of opening is closed. It runs every quarter of the timeout (at
+   * most every second), so a client gets between `timeout` and about 1.25 times it. Only the
+   * connections still waiting are visited.
+   */
+  startConnectSweep(timeout: number): void {
+    if (timeout <= 0 || this.#connectTimer !== undefined) return
+    const every = Math.max(10, Math.min(1_000, Math.floor(timeout / 4)))
+    this.#connectTimer = setInterval(() => {
+      this.#sweepConnects(timeout)
+    }, every)
+    this.#connectTimer.unref()
+  }
+
+  stopConnectSweep(): void {
+    clearInterval(this.#connectTimer)
+    this.#connectTimer = undefined
+  }
+
+  #sweepConnects(timeout: number): void {
+    const now = Date.now()
+    for (const connection of this.#awaitingConnect) {
+      if (!connection.awaitingConnect) this.#awaitingConnect.delete(connection)
+      else if (now - connection.openedAt >= timeout) {
+        this.#awaitingConnect.delete(connection)
+        connection.connectTimedOut(timeout)
+      }
+    }
   }
 
   #expireSilent(timeout: number): void {

@@ -244,6 +244,26 @@ export const schema = {
       env: 'DRAWBRIDGE_LIMITS_HIGH_WATER_MARK',
     },
   },
+  mqtt: {
+    inspect: {
+      doc: 'Read the MQTT packets of every connection (both listeners) and forward only packets that are well formed: a malformed one from the client closes the connection with 1002 before any of it reaches the broker, one from the broker with 1011. The stream stays byte for byte what was sent. false restores the blind byte pipe.',
+      format: 'bool',
+      default: true,
+      env: 'DRAWBRIDGE_MQTT_INSPECT',
+    },
+    connectTimeout: {
+      doc: 'With mqtt.inspect, a client that has not sent a complete CONNECT within this time after its connection opened is closed (1008) and its broker connection with it (0 = never).',
+      format: 'duration',
+      default: 10_000,
+      env: 'DRAWBRIDGE_MQTT_CONNECT_TIMEOUT',
+    },
+    maxPacketSize: {
+      doc: 'With mqtt.inspect, the largest MQTT packet a client may send, fixed header included. A larger one is refused as soon as its header is read, before any of it reaches the broker: an MQTT 5 client is sent DISCONNECT 0x95 (Packet too large), then every client is closed with 1009.',
+      format: 'size',
+      default: 16 * 1024 * 1024,
+      env: 'DRAWBRIDGE_MQTT_MAX_PACKET_SIZE',
+    },
+  },
   shutdown: {
     grace: {
       doc: 'On SIGTERM/SIGINT, how long open connections get to close after being sent 1001 before they are cut.',
@@ -330,6 +350,7 @@ export interface RawConfig {
   http: { diagnostics: boolean; trustedProxies: string[] }
   tcp: { enabled: boolean; port: number }
   limits: { maxConnections: number; highWaterMark: number }
+  mqtt: { inspect: boolean; connectTimeout: number; maxPacketSize: number }
   shutdown: { grace: number }
   admin: {
     enabled: boolean

@@ -10,6 +10,7 @@ import tls from 'node:tls'
 import { Connection, type ConnectionOptions } from '../bridge/connection.js'
 import type { ConnectionRegistry } from '../bridge/registry.js'
 import { StreamClient } from '../bridge/stream-client.js'
+import type { Config } from '../config/schema.js'
 import { listen } from '../listen.js'
 import type { Logger } from '../log.js'
 import type { Metrics } from '../metrics.js'
@@ -27,6 +28,8 @@ export interface MqttsOptions {
   /** Open mqtts connections above which new ones are refused (counted apart from WebSockets). */
   maxConnections: number
   highWaterMark: number
+  /** mqtt.*: what the connections' framers check. */
+  mqtt: Config['mqtt']
   connections: ConnectionRegistry
   connector: BrokerConnector
   tls: TlsManager
@@ -60,6 +63,8 @@ export class MqttsListener {
     this.#refuse = new Refuser({ log: options.log, metrics: options.metrics })
     this.#connectionOptions = {
       highWaterMark: options.highWaterMark,
+      mqtt: options.mqtt,
+      metrics: options.metrics,
       log: options.log,
       onClose: (closed) => {
         // Same tick: the counts move from the live set to the closed totals together.

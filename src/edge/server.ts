@@ -41,6 +41,8 @@ export interface EdgeOptions {
   /** http.trustedProxies and http.diagnostics. */
   http: Config['http']
   limits: Config['limits']
+  /** mqtt.*: what the connections' framers check. */
+  mqtt: Config['mqtt']
   /** The connections of every listener; this one adds its own. */
   connections: ConnectionRegistry
   connector: BrokerConnector
@@ -99,6 +101,8 @@ export class EdgeServer {
     this.#clientAddresses = new ClientAddressResolver(options.http.trustedProxies)
     this.#connectionOptions = {
       highWaterMark: options.limits.highWaterMark,
+      mqtt: options.mqtt,
+      metrics: options.metrics,
       log: options.log,
       onClose: (closed) => {
         // Same tick: the counts move from the live set to the closed totals together.
@@ -159,6 +163,9 @@ export class EdgeServer {
       interval: this.#options.ws.pingInterval,
       timeout: this.#options.ws.pongTimeout,
     })
+    // The sweep serves the mqtts listener's connections too (they share the registry).
+    if (this.#options.mqtt.inspect)
+      this.#connections.startConnectSweep(this.#options.mqtt.connectTimeout)
     return address
   }
 
@@ -183,6 +190,7 @@ export class EdgeServer {
   async close(grace: number): Promise<void> {
     this.#closing = true
     this.#connections.stopPings()
+    this.#connections.stopConnectSweep()
     const serverClosed = new Promise<void>((resolve) => this.#server.close(() => resolve()))
     this.#server.closeIdleConnections()
     await this.#connections.closeAll(this.scheme, grace, this.#log)

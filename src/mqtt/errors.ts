@@ -40,5 +40,31 @@ export type MalformedReason =
   /** CONNACK acknowledge flags with reserved bits set [MQTT-3.2.2-1]. */
   | 'connack_flags'
 
+/** Every MalformedReason, for a counter's bounded label set (the type below checks it is all). */
+export const MALFORMED_REASONS = [
+  'remaining_length',
+  'reserved_type',
+  'unexpected_type',
+  'expected_connect',
+  'expected_connack',
+  'second_connect',
+  'second_connack',
+  'header_flags',
+  'packet_length',
+  'connect_too_large',
+  'protocol_name',
+  'protocol_level',
+  'connect_flags',
+  'connect_overrun',
+  'connect_trailing',
+  'connect_utf8',
+  'connack_flags',
+] as const satisfies readonly MalformedReason[]
+
+type MissingReason = Exclude<MalformedReason, (typeof MALFORMED_REASONS)[number]>
+/** Fails to compile (names the reason) when one is added to the type but not to the list. */
+export const MALFORMED_REASONS_COMPLETE: [MissingReason] extends [never] ? true : MissingReason =
+  true
+
 // The class lives with the other error classes (src/errors.ts lists every code).
 export { MqttMalformedError } from '../errors.js'

@@ -197,6 +197,14 @@ export class MqttFramer {
     return this.#held
   }
 
+  /**
+   * True between packets: everything released so far ends on a packet boundary, so a caller
+   * may put a packet of its own into the stream here (a DISCONNECT) without cutting one.
+   */
+  get atBoundary(): boolean {
+    return this.#state === START && this.#held === 0
+  }
+
   get stopped(): boolean {
     return this.#stopped
   }
