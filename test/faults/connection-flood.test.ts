@@ -10,16 +10,14 @@
 // Short size: N = 100; long: N = 2000.
 import t, { type Test } from 'tap'
 import { endClient, roundTrip } from './lib/clients.js'
-import { collectGarbage, INSPECTOR_ENV } from './lib/gc.js'
+import { INSPECTOR_ENV, memoryAfterGc, type Memory } from './lib/gc.js'
 import { clientFrame, RawWsClient, upgradeBytes } from './lib/killable-client.js'
 import {
-  adminGetClosing,
   expectSettled,
   measureQuiet,
   type Quiet,
   type SettleContext,
 } from './lib/settle.js'
-import { parseExposition, value } from '../helpers/scrape.js'
 import { within } from './lib/sockets.js'
 import { figures, random, sized, startGatewayProcess, startSysMosquitto } from './lib/suite.js'
 
@@ -32,21 +30,7 @@ const HEAP_SLACK = (heap: number): number => Math.max(heap * 0.1, 2 * 1024 * 102
 const SETTLE_MS = 2_000 + sized(0, N)
 const MiB = (bytes: number): number => bytes / 1024 / 1024
 
-interface Memory {
-  /** Resident size as read, whenever V8 last collected. */
-  raw: number
-  /** Resident size and JavaScript heap in use after a full GC. */
-  rss: number
-  heap: number
-}
-
-async function memory(ctx: SettleContext): Promise<Memory> {
-  const raw = ctx.gw.process.rss()
-  await collectGarbage(ctx.gw)
-  const rss = ctx.gw.process.rss()
-  const metrics = parseExposition((await adminGetClosing(ctx.gw.adminUrl, '/metrics')).body)
-  return { raw, rss, heap: value(metrics, 'nodejs_heap_size_used_bytes') }
-}
+const memory = (ctx: SettleContext): Promise<Memory> => memoryAfterGc(ctx.gw)
 
 interface Wave {
   statuses: Record<string, number>

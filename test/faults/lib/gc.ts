@@ -4,6 +4,8 @@
 // with its inspector on an ephemeral loopback port (NODE_OPTIONS=--inspect=127.0.0.1:0) and
 // is asked over the DevTools protocol, the way a developer would press "collect garbage".
 import { WebSocket } from 'ws'
+import { parseExposition, value } from '../../helpers/scrape.js'
+import { adminGetClosing } from './settle.js'
 import type { FaultGateway } from './suite.js'
 import { within } from './sockets.js'
 
@@ -41,4 +43,21 @@ export async function collectGarbage(gw: FaultGateway): Promise<void> {
     ws.close()
     await within(closed, 5_000, 'inspector session closed').catch(() => ws.terminate())
   }
+}
+
+export interface Memory {
+  /** Resident size as read, whenever V8 last collected. */
+  raw: number
+  /** Resident size and JavaScript heap in use after a full GC. */
+  rss: number
+  heap: number
+}
+
+/** The gateway's memory before and after a full GC; the heap as its /metrics reports it. */
+export async function memoryAfterGc(gw: FaultGateway): Promise<Memory> {
+  const raw = gw.process.rss()
+  await collectGarbage(gw)
+  const rss = gw.process.rss()
+  const metrics = parseExposition((await adminGetClosing(gw.adminUrl, '/metrics')).body)
+  return { raw, rss, heap: value(metrics, 'nodejs_heap_size_used_bytes') }
 }
