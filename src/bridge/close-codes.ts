@@ -42,7 +42,6 @@ export const CloseReason = {
   shuttingDown: 'server shutting down',
   textFrame: 'text frames are not allowed; MQTT needs binary frames',
   /** Logged with 1007; the close frame itself carries no reason. */
-  closeReasonNotUtf8: 'the close reason is not valid UTF-8',
   tooBig: 'message larger than the gateway allows',
   upstreamError: (code: string): string => `broker connection failed: ${code}`,
   /**

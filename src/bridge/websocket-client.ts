@@ -4,17 +4,11 @@
 // The ws listeners are shared functions (static methods below) that find their client through a
 // symbol on the socket, instead of a handful of closures per connection: the closures held about
 // 0.9 KiB of heap per idle client (6.1 -> 5.2 KiB per connection after GC).
-import { isUtf8 } from 'node:buffer'
 import type { RawData, WebSocket } from 'ws'
 import type { ClientEvents, ClientSide } from './client-side.js'
 import { CloseCode, CloseReason, type CloseCodeValue } from './close-codes.js'
 
 const OWNER = Symbol('drawbridge.websocket-client')
-
-/** What this module uses of ws's frame parser. */
-interface ReceiverLike {
-  prependListener(event: 'conclude', listener: (code: number, reason: Buffer) => void): unknown
-}
 
 interface Owned {
   [OWNER]: WebSocketClient
@@ -41,15 +35,6 @@ export class WebSocketClient implements ClientSide {
     ws.on('pong', WebSocketClient.#onPong)
     ws.on('error', WebSocketClient.#onError)
     ws.on('close', WebSocketClient.#onClose)
-    // A close frame's reason must be UTF-8 (RFC 6455 8.1: else 1007). ws checks it only with
-    // UTF-8 validation on, which the server turns off (server.ts says why), so it is checked
-    // here, before ws echoes the close. ws keeps its frame parser in `_receiver`, which emits
-    // 'conclude' with the close frame's code and reason; test/bridge-raw.test.ts pins it.
-    const receiver = (ws as unknown as { _receiver?: ReceiverLike })._receiver
-    if (receiver) {
-      ;(receiver as unknown as Owned)[OWNER] = this
-      receiver.prependListener('conclude', WebSocketClient.#onCloseFrame)
-    }
   }
 
   send(chunk: Buffer, onWritten?: (err?: Error | null) => void): void {
@@ -92,14 +77,6 @@ export class WebSocketClient implements ClientSide {
     }
     // The server sets no binaryType, so ws hands over 'nodebuffer': always one Buffer.
     client.#to.clientData(message as Buffer)
-  }
-
-  static #onCloseFrame(this: ReceiverLike, _code: number, reason: Buffer): void {
-    if (reason.length === 0 || isUtf8(reason)) return
-    const client = (this as unknown as Owned)[OWNER]
-    client.#to.clientFault(CloseCode.INVALID_PAYLOAD, CloseReason.closeReasonNotUtf8)
-    // Sent before ws's echo of the client's code: ws then only ends the socket.
-    client.close(CloseCode.INVALID_PAYLOAD, '')
   }
 
   static #onPong(this: WebSocket): void {

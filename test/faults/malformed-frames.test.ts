@@ -226,6 +226,13 @@ const rows: Row[] = [
     reason: 'text frames are not allowed; MQTT needs binary frames',
   },
   {
+    // RFC 6455 8.1: a text frame that is not UTF-8 fails the connection with 1007 before the
+    // gateway's own refusal of text frames (1003) can run.
+    name: 'a text frame that is not UTF-8',
+    send: [{ opcode: Opcode.TEXT, payload: Buffer.from([0x43, 0xc3, 0x28]) }],
+    close: 1007,
+  },
+  {
     name: 'an empty binary frame is harmless',
     send: [binary(Buffer.alloc(0))],
     close: 'stays open',
