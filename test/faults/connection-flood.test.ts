@@ -12,12 +12,7 @@ import t, { type Test } from 'tap'
 import { endClient, roundTrip } from './lib/clients.js'
 import { INSPECTOR_ENV, memoryAfterGc, type Memory } from './lib/gc.js'
 import { clientFrame, RawWsClient, upgradeBytes } from './lib/killable-client.js'
-import {
-  expectSettled,
-  measureQuiet,
-  type Quiet,
-  type SettleContext,
-} from './lib/settle.js'
+import { expectSettled, measureQuiet, type Quiet, type SettleContext } from './lib/settle.js'
 import { within } from './lib/sockets.js'
 import { figures, random, sized, startGatewayProcess, startSysMosquitto } from './lib/suite.js'
 
