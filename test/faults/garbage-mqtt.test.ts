@@ -1,13 +1,16 @@
-// Issue 12, the fault suite: garbage MQTT. The gateway never inspects MQTT bytes, so garbage
-// must simply pass through and end like any other connection:
+// Issue 12, the fault suite: garbage MQTT. Garbage must end like any other connection, with a
+// close frame, and never take the gateway or a healthy client down with it:
 //
-// - client side, gateway A in front of Mosquitto: seeded random bytes in valid binary frames,
-//   after a valid CONNECT (and its CONNACK) or instead of one; Mosquitto drops the connection
-//   and the gateway must end it with a close frame. One the broker keeps waiting on (the
-//   garbage announced a long packet) is closed by the client, and the gateway must answer it.
-// - broker side, gateway B in front of a raw TCP server that answers with random bytes (at
-//   once, after the client's first bytes, or after a valid CONNACK) and then sends FIN, RST or
-//   nothing: the client must get exactly those bytes, then close 1000, 1011 or its own answered.
+// - client side, gateway A (mqtt.inspect on, the default) in front of Mosquitto: seeded random
+//   bytes in valid binary frames, after a valid CONNECT (and its CONNACK) or instead of one.
+//   The framer closes malformed packets with 1002 (over mqtt.maxPacketSize: 1009) before they
+//   reach the broker, and whatever passes it Mosquitto may drop (1000). A garbage packet whose
+//   end never comes is closed by the client, and the gateway must answer it.
+// - broker side, a raw TCP server that answers with random bytes (at once, after the client's
+//   first bytes, or after a valid CONNACK) and then sends FIN, RST or nothing, behind two
+//   gateways taking turns: B inspects, so the client gets a prefix of those bytes (the whole
+//   packets before a malformed one, closed 1011); C is the blind pipe (mqtt.inspect=false), so
+//   the client must get exactly those bytes. Then close 1000 (FIN), 1011 (RST) or its own.
 //
 // Meanwhile healthy clients on gateway A round-trip QoS 1 messages, none lost; both gateways
 // keep answering /healthz and end with no connection and no descriptor left.
@@ -85,15 +88,20 @@ interface ClientGarbageOutcome {
 }
 
 interface BrokerGarbageOutcome {
+  /** Through the inspecting gateway (B), else the blind one (C). */
+  inspected: boolean
   /** Undefined when the broker hung up at accept, before the client could name itself. */
   server: GarbageConnection | undefined
   code: number
   reason: string
   /** False when the upgrade was refused (an HTTP status in `code`): no connection to close. */
   opened: boolean
-  /** The close codes that are right for how the broker ended. */
+  /** The close codes that are right for how the broker ended (and, inspected, 1011). */
   expected: number[]
-  bytesEqual: boolean
+  /** The client got the bytes it must: all of them (blind), a prefix of them (inspected). */
+  bytesRight: boolean
+  /** Inspected: garbage at accept closed it (1011) before the broker could tell who it was. */
+  malformedUnnamed: boolean
 }
 
 /** Counts of each value, as `a:3,b:1`. */
@@ -211,6 +219,7 @@ async function brokerGarbage(
   gw: FaultGateway,
   server: (index: number) => Promise<GarbageConnection>,
   k: number,
+  inspected: boolean,
 ): Promise<BrokerGarbageOutcome> {
   const chunks: Buffer[] = []
   let expected = Infinity
@@ -233,12 +242,14 @@ async function brokerGarbage(
     if (refused === null) throw err
     const code = Number(refused[1])
     return {
+      inspected,
       server: undefined,
       code,
       reason: String(err),
       opened: false,
       expected: [502],
-      bytesEqual: true,
+      bytesRight: true,
+      malformedUnnamed: false,
     }
   }
   client.write(connectPacket(`${CLIENT_ID_PREFIX}${k}`))
@@ -249,15 +260,20 @@ async function brokerGarbage(
     `garbage broker connection ${k}`,
   )
   if (conn === undefined) {
-    // The broker hung up at accept: no byte may come, then 1000 (FIN) or 1011 (RST).
+    // The broker hung up at accept: no byte may come, then 1000 (FIN) or 1011 (RST). Or,
+    // inspected, the garbage it sent at once was malformed and closed the connection (1011)
+    // before the client's CONNECT named it to the broker: its bytes cannot be compared.
     const { code, reason } = await client.closed
+    const malformedUnnamed = inspected && reason.startsWith('malformed MQTT from the broker')
     return {
+      inspected,
       server: undefined,
       code,
       reason,
       opened: true,
-      expected: [1000, 1011],
-      bytesEqual: bytesIn === 0,
+      expected: malformedUnnamed ? [1011] : [1000, 1011],
+      bytesRight: malformedUnnamed || bytesIn === 0,
+      malformedUnnamed,
     }
   }
   expected = conn.bytes.length
@@ -278,13 +294,20 @@ async function brokerGarbage(
     const state = typeof got === 'string' ? got : 'closed'
     return { code: -1, reason: `no close within 5 s (${state}, ${client.bytesIn} bytes)` }
   })
+  const received = Buffer.concat(chunks)
+  const ends = [conn.end === 'rst' ? 1011 : 1000]
   return {
+    inspected,
     server: conn,
     code: close.code,
     reason: close.reason,
     opened: true,
-    expected: [conn.end === 'rst' ? 1011 : 1000],
-    bytesEqual: Buffer.concat(chunks).equals(conn.bytes),
+    // Inspected, a malformed packet ends it with 1011 however the broker would have.
+    expected: inspected ? [...ends, 1011] : ends,
+    bytesRight: inspected
+      ? received.equals(conn.bytes.subarray(0, received.length))
+      : received.equals(conn.bytes),
+    malformedUnnamed: false,
   }
 }
 
@@ -298,8 +321,13 @@ t.test('garbage MQTT from clients and from the broker', async (t) => {
   const gwB = await startGatewayProcess(t, garbage.port, {
     DRAWBRIDGE_ADMIN_READINESS_INTERVAL: '1h',
   })
+  const gwC = await startGatewayProcess(t, garbage.port, {
+    DRAWBRIDGE_ADMIN_READINESS_INTERVAL: '1h',
+    DRAWBRIDGE_MQTT_INSPECT: 'false',
+  })
   const baselineA = openFds(gwA.pid)
   const baselineB = openFds(gwB.pid)
+  const baselineC = openFds(gwC.pid)
 
   const healthy: Healthy[] = []
   for (let i = 0; i < HEALTHY; i++) healthy.push(await openHealthy(t, gwA, rng.seed, i, prefix))
@@ -313,7 +341,7 @@ t.test('garbage MQTT from clients and from the broker', async (t) => {
   const probing = (async () => {
     while (phase.running && probes < 10_000) {
       probes++
-      for (const gw of [gwA, gwB]) if ((await healthz(gw)) !== 200) unhealthy++
+      for (const gw of [gwA, gwB, gwC]) if ((await healthz(gw)) !== 200) unhealthy++
       await new Promise((resolve) => setTimeout(resolve, HEALTHZ_EVERY_MS))
     }
   })()
@@ -338,7 +366,10 @@ t.test('garbage MQTT from clients and from the broker', async (t) => {
   const brokerWorker = (async () => {
     for (let k = 0; k < BROKER_GARBAGE && performance.now() < phaseEnds; k++) {
       try {
-        fromBroker.push(await brokerGarbage(t, gwB, garbage.connection, k))
+        const inspected = k % 2 === 0
+        fromBroker.push(
+          await brokerGarbage(t, inspected ? gwB : gwC, garbage.connection, k, inspected),
+        )
       } catch (err) {
         brokerErrors.push(`broker garbage ${k}: ${String(err)}`)
         break
@@ -367,7 +398,7 @@ t.test('garbage MQTT from clients and from the broker', async (t) => {
     5_000,
     'healthy clients getting back what they sent',
   ).catch(() => false)
-  const healthAtEnd = [await healthz(gwA), await healthz(gwB)]
+  const healthAtEnd = [await healthz(gwA), await healthz(gwB), await healthz(gwC)]
   const healthyCloses = await within(
     Promise.all(
       healthy.map((h) => {
@@ -380,8 +411,10 @@ t.test('garbage MQTT from clients and from the broker', async (t) => {
     'healthy clients closing',
   )
   const afterA = await settle(gwA, HEALTHY + fromClients.length, baselineA)
-  const openedB = fromBroker.filter((o) => o.opened).length
+  const openedB = fromBroker.filter((o) => o.opened && o.inspected).length
+  const openedC = fromBroker.filter((o) => o.opened && !o.inspected).length
   const afterB = await settle(gwB, openedB, baselineB)
+  const afterC = await settle(gwC, openedC, baselineC)
 
   const gatewayEnded = fromClients.filter((o) => o.endedBy === 'gateway')
   figures(t, 'garbage-mqtt', {
@@ -393,7 +426,12 @@ t.test('garbage MQTT from clients and from the broker', async (t) => {
     clientCodes: tally(fromClients.map((o) => `${o.kind}-${o.endedBy}-${o.code}`)),
     brokerGarbage: `${fromBroker.length}/${BROKER_GARBAGE}`,
     brokerStarts: tally(fromBroker.map((o) => o.server?.start ?? 'hangup')),
-    brokerCodes: tally(fromBroker.map((o) => `${o.server?.end ?? 'hangup'}-${o.code}`)), // 502: HTTP
+    brokerCodes: tally(
+      fromBroker.map(
+        (o) =>
+          `${o.inspected ? 'B' : 'C'}-${o.server?.end ?? (o.malformedUnnamed ? 'at-accept' : 'hangup')}-${o.code}`,
+      ),
+    ), // 502: HTTP
     brokerHangups: `fin:${garbage.hangups.fin},rst:${garbage.hangups.rst}`,
     brokerAccepted: garbage.accepted(),
     brokerBytes: fromBroker.reduce((n, o) => n + (o.server?.bytes.length ?? 0), 0),
@@ -402,15 +440,16 @@ t.test('garbage MQTT from clients and from the broker', async (t) => {
     healthyRttMaxMs: Math.max(...healthy.map((h) => h.rttMaxMs)),
     healthzProbes: probes,
     healthzFailures: unhealthy,
-    closesLogged: `${afterA.closesLogged}+${afterB.closesLogged}`,
+    closesLogged: `${afterA.closesLogged}+${afterB.closesLogged}+${afterC.closesLogged}`,
     fdsA: `${afterA.fds}/${afterA.baselineFds}`,
     fdsB: `${afterB.fds}/${afterB.baselineFds}`,
-    connectionsLeft: afterA.connections + afterB.connections,
+    fdsC: `${afterC.fds}/${afterC.baselineFds}`,
+    connectionsLeft: afterA.connections + afterB.connections + afterC.connections,
     garbageBrokerSocketsLeft: garbage.open(),
   })
 
   if (process.env.FAULTS_DEBUG !== undefined) {
-    for (const gw of [gwA, gwB]) {
+    for (const gw of [gwA, gwB, gwC]) {
       for (const l of gw.process.logs)
         if (!l.msg.startsWith('connection ')) t.comment(JSON.stringify(l))
     }
@@ -423,14 +462,26 @@ t.test('garbage MQTT from clients and from the broker', async (t) => {
     'every client-side garbage connection ended with a close frame',
   )
   t.same(
-    gatewayEnded.filter((o) => o.code !== 1000 && o.code !== 1011),
+    gatewayEnded.filter((o) => ![1000, 1002, 1009, 1011].includes(o.code)),
     [],
-    'the gateway ended client garbage with 1000 (broker closed) or 1011 (broker reset) only',
+    'the gateway ended client garbage with 1002 (malformed), 1009 (too large), 1000 (broker closed) or 1011 (broker reset) only',
+  )
+  t.same(
+    gatewayEnded.filter((o) => o.kind === 'instead-of-connect' && ![1002, 1009].includes(o.code)),
+    [],
+    'garbage instead of a CONNECT was refused by the framer (1002, 1009), never by the broker',
+  )
+  t.ok(
+    gatewayEnded.some(
+      (o) => o.code === 1002 && o.reason.startsWith('malformed MQTT from the client'),
+    ),
+    'the framer named what was malformed',
   )
   t.same(
     fromBroker
-      .filter((o) => !o.expected.includes(o.code) || !o.bytesEqual)
+      .filter((o) => !o.expected.includes(o.code) || !o.bytesRight)
       .map((o) => ({
+        inspected: o.inspected,
         index: o.server?.index,
         start: o.server?.start ?? 'hangup',
         end: o.server?.end ?? 'hangup',
@@ -438,13 +489,19 @@ t.test('garbage MQTT from clients and from the broker', async (t) => {
         code: o.code,
         reason: o.reason,
         expected: o.expected,
-        bytesEqual: o.bytesEqual,
+        bytesRight: o.bytesRight,
       })),
     [],
-    'broker garbage reached the client unchanged, then FIN gave 1000 and RST 1011 (a hang-up at accept too)',
+    'broker garbage reached the client unchanged (blind) or as a prefix of whole packets (inspected), then FIN gave 1000 and RST 1011 (a hang-up at accept too), a malformed packet 1011',
+  )
+  t.ok(
+    fromBroker.some((o) => o.inspected && o.reason.startsWith('malformed MQTT from the broker')),
+    'the inspecting gateway closed malformed broker garbage with its reason',
   )
   const hangupCodes = (codes: number[]): number =>
-    fromBroker.filter((o) => o.server === undefined && codes.includes(o.code)).length
+    fromBroker.filter(
+      (o) => o.server === undefined && !o.malformedUnnamed && codes.includes(o.code),
+    ).length
   // The readiness check's own connection may be one hung up on: at most, not exactly.
   t.ok(
     hangupCodes([1000]) <= garbage.hangups.fin && hangupCodes([1011, 502]) <= garbage.hangups.rst,
@@ -465,12 +522,18 @@ t.test('garbage MQTT from clients and from the broker', async (t) => {
     'healthy clients ended 1000 after DISCONNECT',
   )
   t.equal(unhealthy, 0, '/healthz answered 200 on both gateways throughout')
-  t.same(healthAtEnd, [200, 200], '/healthz answers 200 at the end')
-  t.ok(alive(gwA) && alive(gwB), 'both gateway processes are running')
+  t.same(healthAtEnd, [200, 200, 200], '/healthz answers 200 at the end')
+  t.ok(alive(gwA) && alive(gwB) && alive(gwC), 'the three gateway processes are running')
   t.equal(afterA.closesLogged, HEALTHY + fromClients.length, 'gateway A logged every close')
   t.equal(afterB.closesLogged, openedB, 'gateway B logged every close')
-  t.equal(afterA.connections + afterB.connections, 0, '/connections is empty on both')
+  t.equal(afterC.closesLogged, openedC, 'gateway C logged every close')
+  t.equal(
+    afterA.connections + afterB.connections + afterC.connections,
+    0,
+    '/connections is empty on all three',
+  )
   t.ok(afterA.fds <= baselineA, `gateway A fds back to baseline (${afterA.fds} <= ${baselineA})`)
   t.ok(afterB.fds <= baselineB, `gateway B fds back to baseline (${afterB.fds} <= ${baselineB})`)
+  t.ok(afterC.fds <= baselineC, `gateway C fds back to baseline (${afterC.fds} <= ${baselineC})`)
   t.equal(garbage.open(), 0, 'no socket to the garbage broker left open')
 })
