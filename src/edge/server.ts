@@ -199,6 +199,10 @@ export class EdgeServer {
   }
 
   readonly #onConnection = (socket: Socket): void => {
+    // Node caches the peer address the first time it is read. Read it at accept: once the
+    // client has reset, the kernel answers getpeername() with ENOTCONN even before Node has
+    // seen the reset, and a line about a client that left could no longer name it.
+    peerAddress(socket)
     // No 'close' listener to clear the timer: it would outlive the upgrade on every connection
     // (memory per idle client); a timer that fires on a socket already gone does nothing.
     const timer = setTimeout(() => {
@@ -246,7 +250,7 @@ export class EdgeServer {
   }
 
   async #upgrade(req: http.IncomingMessage, socket: Duplex, head: Buffer): Promise<void> {
-    // Read now: a client that resets while we wait has no address left to log.
+    // Read now (cached since accept): a client that resets while we wait has no address left.
     const remote = peerAddress(req.socket)
     const upgrade: Upgrade = { req, socket, upstream: undefined, onEnd: [], protocol: false }
     const outcome = await admit(this.#steps, upgrade, (accepted) => this.#accept(accepted, head))
