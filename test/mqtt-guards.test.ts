@@ -7,7 +7,7 @@ import net from 'node:net'
 import { connectAsync } from 'mqtt'
 import t from 'tap'
 import { WebSocket } from 'ws'
-import { MOSQUITTO, startBroker, type Teardown } from './helpers/broker.js'
+import { BROKER_KINDS, MOSQUITTO, startBroker, type Teardown } from './helpers/broker.js'
 import { startTestGateway } from './helpers/gateway.js'
 import { nextMessage } from './helpers/mqtt.js'
 import { scrape, value } from './helpers/scrape.js'
@@ -37,35 +37,42 @@ async function recordingBroker(
   return { port: (server.address() as net.AddressInfo).port, received }
 }
 
-t.test('no complete CONNECT within mqtt.connectTimeout: 1008, broker socket closed', async (t) => {
-  const broker = await startBroker(t, 'aedes')
-  const gw = await startTestGateway(t, broker.port, { DRAWBRIDGE_MQTT_CONNECT_TIMEOUT: '400ms' })
-  // A client that connects in time, opened together with the two that do not.
-  const timely = await connectAsync(gw.url, { protocolVersion: 4, reconnectPeriod: 0 })
-  t.teardown(() => timely.end(true))
-  // Before either opens: the gateway's clock for them starts later than this.
-  const started = Date.now()
-  const silent = await openRawClient(t, gw.url)
-  const partial = await openRawClient(t, gw.url)
-  partial.ws.send(connectPacket('half').subarray(0, 6)) // a CONNECT that never ends
-  const [a, b] = await Promise.all([silent.closed, partial.closed])
-  t.ok(Date.now() - started >= 400, 'not before the timeout')
-  for (const closed of [a, b]) {
-    t.equal(closed.code, 1008)
-    t.equal(closed.reason, 'no MQTT CONNECT within mqtt.connectTimeout')
-  }
-  const lines = await gw.waitForLogs((l) => l.msg === 'connection closed' && l.code === 1008, 2)
-  t.equal(lines.length, 2)
-  t.equal(gw.gateway.connections.size, 1, 'only the timely client is left')
-  t.equal(gw.gateway.brokerSocketsOpen, 1, 'the two broker sockets are closed')
-  await timely.subscribeAsync('guards/alive')
-  const got = nextMessage(timely, 'guards/alive')
-  await timely.publishAsync('guards/alive', 'still here')
-  t.equal((await got).payload.toString(), 'still here', 'the timely client was left alone')
-  const s = await scrape(gw.adminUrl)
-  t.equal(value(s, REFUSALS, { reason: 'connect_timeout' }), 2, 'counted')
-  t.equal(value(s, 'drawbridge_closes_total', { code: '1008', initiator: 'gateway' }), 2)
-})
+for (const kind of BROKER_KINDS) {
+  t.test(
+    `no complete CONNECT within mqtt.connectTimeout: 1008, broker socket closed (${kind})`,
+    async (t) => {
+      const broker = await startBroker(t, kind)
+      const gw = await startTestGateway(t, broker.port, {
+        DRAWBRIDGE_MQTT_CONNECT_TIMEOUT: '400ms',
+      })
+      // A client that connects in time, opened together with the two that do not.
+      const timely = await connectAsync(gw.url, { protocolVersion: 4, reconnectPeriod: 0 })
+      t.teardown(() => timely.end(true))
+      // Before either opens: the gateway's clock for them starts later than this.
+      const started = Date.now()
+      const silent = await openRawClient(t, gw.url)
+      const partial = await openRawClient(t, gw.url)
+      partial.ws.send(connectPacket('half').subarray(0, 6)) // a CONNECT that never ends
+      const [a, b] = await Promise.all([silent.closed, partial.closed])
+      t.ok(Date.now() - started >= 400, 'not before the timeout')
+      for (const closed of [a, b]) {
+        t.equal(closed.code, 1008)
+        t.equal(closed.reason, 'no MQTT CONNECT within mqtt.connectTimeout')
+      }
+      const lines = await gw.waitForLogs((l) => l.msg === 'connection closed' && l.code === 1008, 2)
+      t.equal(lines.length, 2)
+      t.equal(gw.gateway.connections.size, 1, 'only the timely client is left')
+      t.equal(gw.gateway.brokerSocketsOpen, 1, 'the two broker sockets are closed')
+      await timely.subscribeAsync('guards/alive')
+      const got = nextMessage(timely, 'guards/alive')
+      await timely.publishAsync('guards/alive', 'still here')
+      t.equal((await got).payload.toString(), 'still here', 'the timely client was left alone')
+      const s = await scrape(gw.adminUrl)
+      t.equal(value(s, REFUSALS, { reason: 'connect_timeout' }), 2, 'counted')
+      t.equal(value(s, 'drawbridge_closes_total', { code: '1008', initiator: 'gateway' }), 2)
+    },
+  )
+}
 
 t.test('a client packet over mqtt.maxPacketSize is refused from its header', async (t) => {
   const broker = await recordingBroker(t, Buffer.from([0x20, 0x02, 0x00, 0x00]))
@@ -150,6 +157,54 @@ t.test('MQTT 5 with MQTT.js and Mosquitto: Packet too large', { skip: !MOSQUITTO
   t.match(line, { code: 1009, initiator: 'gateway' })
 })
 
+// The levels below 5 have no DISCONNECT from a server: MQTT.js sees the close 1009 alone, and
+// Mosquitto never sees the PUBLISH (a subscriber on its own TCP port would get it).
+for (const level of [3, 4] as const) {
+  t.test(
+    `MQTT.js ${level === 3 ? '3.1' : '3.1.1'} and Mosquitto: a packet over maxPacketSize never reaches the broker`,
+    { skip: MOSQUITTO ? false : 'mosquitto is not installed here; CI installs it' },
+    async (t) => {
+      const broker = await startBroker(t, 'mosquitto')
+      const gw = await startTestGateway(t, broker.port, {
+        DRAWBRIDGE_MQTT_MAX_PACKET_SIZE: '1KiB',
+      })
+      const watcher = await connectAsync(`mqtt://127.0.0.1:${broker.port}`, {
+        reconnectPeriod: 0,
+      })
+      t.teardown(() => watcher.end(true))
+      const seen: number[] = []
+      watcher.on('message', (_topic, payload) => seen.push(payload.length))
+      await watcher.subscribeAsync('guards/size', { qos: 1 })
+      const client = await connectAsync(gw.url, {
+        protocolVersion: level,
+        ...(level === 3 && { protocolId: 'MQIsdp' }),
+        reconnectPeriod: 0,
+      })
+      t.teardown(() => client.end(true))
+      let disconnects = 0
+      client.on('disconnect', () => disconnects++)
+      const closed = new Promise<void>((resolve) => client.once('close', () => resolve()))
+      // One that fits (its PUBACK proves Mosquitto had it), then one over the limit.
+      await client.publishAsync('guards/size', Buffer.alloc(512), { qos: 1 })
+      client.publish('guards/size', Buffer.alloc(2048), { qos: 1 })
+      await closed
+      const line = await gw.waitForLog((l) => l.msg === 'connection closed')
+      t.match(line, { code: 1009, initiator: 'gateway', protocolLevel: level })
+      t.equal(disconnects, 0, 'no DISCONNECT below MQTT 5')
+      // A marker after the big one, straight to the broker: once it arrives, anything the
+      // gateway had let through would have arrived before it.
+      const marker = new Promise<void>((resolve) =>
+        watcher.on('message', (_topic, payload) => {
+          if (payload.length === 1) resolve()
+        }),
+      )
+      await watcher.publishAsync('guards/size', Buffer.alloc(1), { qos: 1 })
+      await marker
+      t.same(seen, [512, 1], 'Mosquitto got the 512-byte message and never the 2 KiB one')
+    },
+  )
+}
+
 const mismatches: {
   level: 3 | 4
   subprotocol: string
@@ -160,30 +215,32 @@ const mismatches: {
 ]
 
 for (const { level, subprotocol, label } of mismatches) {
-  t.test(`a CONNECT at ${label} is let through and counted`, async (t) => {
-    const broker = await startBroker(t, 'aedes')
-    const gw = await startTestGateway(t, broker.port)
-    // Raw: MQTT.js picks the subprotocol from the level itself.
-    const client = await openRawClient(t, gw.url, subprotocol)
-    client.ws.send(
-      connectPacket(`mismatch-${level}`, {
-        protocolVersion: level,
-        protocolId: level === 3 ? 'MQIsdp' : 'MQTT',
-      }),
-    )
-    t.match(await client.next('connack'), { returnCode: 0 }, 'let through to the broker')
-    const s = await scrape(gw.adminUrl)
-    t.equal(
-      value(s, 'drawbridge_mqtt_subprotocol_mismatch_total', {
-        subprotocol,
-        level: String(level),
-      }),
-      1,
-      'counted',
-    )
-    const line = await gw.waitForLog((l) => l.msg.startsWith('CONNECT protocol level does not'))
-    t.match(line, { protocol: subprotocol, protocolLevel: level })
-  })
+  for (const kind of BROKER_KINDS) {
+    t.test(`a CONNECT at ${label} is let through and counted (${kind})`, async (t) => {
+      const broker = await startBroker(t, kind)
+      const gw = await startTestGateway(t, broker.port)
+      // Raw: MQTT.js picks the subprotocol from the level itself.
+      const client = await openRawClient(t, gw.url, subprotocol)
+      client.ws.send(
+        connectPacket(`mismatch-${level}`, {
+          protocolVersion: level,
+          protocolId: level === 3 ? 'MQIsdp' : 'MQTT',
+        }),
+      )
+      t.match(await client.next('connack'), { returnCode: 0 }, 'let through to the broker')
+      const s = await scrape(gw.adminUrl)
+      t.equal(
+        value(s, 'drawbridge_mqtt_subprotocol_mismatch_total', {
+          subprotocol,
+          level: String(level),
+        }),
+        1,
+        'counted',
+      )
+      const line = await gw.waitForLog((l) => l.msg.startsWith('CONNECT protocol level does not'))
+      t.match(line, { protocol: subprotocol, protocolLevel: level })
+    })
+  }
 }
 
 t.test('a CONNECT whose level matches its subprotocol is not counted', async (t) => {

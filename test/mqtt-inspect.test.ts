@@ -8,7 +8,7 @@ import tls from 'node:tls'
 import { connectAsync, type IClientOptions } from 'mqtt'
 import t from 'tap'
 import { WebSocket } from 'ws'
-import { MOSQUITTO, startBroker, type Teardown } from './helpers/broker.js'
+import { BROKER_KINDS, MOSQUITTO, startBroker, type Teardown } from './helpers/broker.js'
 import { startTestGateway } from './helpers/gateway.js'
 import { nextMessage, pattern, sha256 } from './helpers/mqtt.js'
 import { testPki, tlsEnv, writeServerFiles } from './helpers/pki.js'
@@ -42,9 +42,10 @@ async function recordingBroker(
 
 const MALFORMED = 'drawbridge_mqtt_malformed_total'
 
+// Every level against every broker that speaks it (Aedes has no MQTT 5).
 const levels: { level: 3 | 4 | 5; subprotocol: string; broker: 'aedes' | 'mosquitto' }[] = [
-  { level: 3, subprotocol: 'mqttv3.1', broker: 'aedes' },
-  { level: 4, subprotocol: 'mqtt', broker: 'aedes' },
+  ...BROKER_KINDS.map((broker) => ({ level: 3 as const, subprotocol: 'mqttv3.1', broker })),
+  ...BROKER_KINDS.map((broker) => ({ level: 4 as const, subprotocol: 'mqtt', broker })),
   ...(MOSQUITTO ? [{ level: 5 as const, subprotocol: 'mqtt', broker: 'mosquitto' as const }] : []),
 ]
 
@@ -77,7 +78,9 @@ for (const { level, subprotocol, broker: kind } of levels) {
     }
     await client.endAsync()
     const closed = await gw.waitForLog((l) => l.msg === 'connection closed')
-    t.match(closed, { code: 1000 }, 'a clean end after the DISCONNECT')
+    // Whichever side closes first: the broker after the DISCONNECT (1000), or MQTT.js, whose
+    // close frame carries no code (1005); Mosquitto is quick enough to make it a race.
+    t.ok([1000, 1005].includes(closed.code as number), `a clean end (${String(closed.code)})`)
     const s = await scrape(gw.adminUrl)
     for (const sender of ['client', 'broker']) {
       for (const reason of ['header_flags', 'expected_connect', 'packet_length']) {

@@ -83,6 +83,13 @@ if (!havePaho) {
             'mqtt',
             'the gateway carried it with the subprotocol paho offered',
           )
+          // The framers read paho's CONNECT (mqtt.inspect is on by default).
+          const connect = gw.logs.filter((l) => l.msg === 'mqtt connect').at(-1)
+          t.equal(
+            connect?.protocolLevel,
+            { '31': 3, '311': 4, '5': 5 }[version],
+            'the gateway read the protocol level from the CONNECT',
+          )
         })
       }
     })
