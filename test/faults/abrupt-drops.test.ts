@@ -11,7 +11,7 @@ import t, { type Test } from 'tap'
 import { HALF_OPEN_TIMEOUT_MS } from '../../src/bridge/connection.js'
 import { startSilentBroker } from '../helpers/broker.js'
 import type { LogLine } from '../helpers/gateway.js'
-import { connectPacket, Delays, endClient, publishPacket, roundTrip } from './lib/clients.js'
+import { connectPacket, Delays, publishPacket } from './lib/clients.js'
 import {
   CAN_RESET,
   clientFrame,
@@ -21,8 +21,8 @@ import {
 } from './lib/killable-client.js'
 import {
   expectSettled,
-  measureQuiet,
   SYS_TICK_MS,
+  warmedUp,
   type Quiet,
   type SettleContext,
 } from './lib/settle.js'
@@ -208,18 +208,7 @@ async function quietGateway(
   names: Record<number, string>,
   warmUp: boolean,
 ): Promise<Setup> {
-  // The first readiness check has made a broker connect (and closed it).
-  await gw.process.waitForLog((l) => l.msg === 'upstream reachable: ready', 15_000)
-  if (warmUp) {
-    // One real MQTT round trip first, so whatever the gateway opens lazily on its first
-    // connection is in the baseline and not counted as a leak.
-    const warm = await roundTrip(t, gw.url, `drops/warm/${gw.port}`)
-    await endClient(warm.client)
-    await gw.process.waitForLog((l) => l.msg === 'connection closed')
-  }
-  const ctx: SettleContext = { gw, broker, brokerAlive: true, names }
-  const quiet = await measureQuiet(ctx)
-  return { broker, gw, ctx, quiet }
+  return { broker, gw, ...(await warmedUp(t, gw, broker, { names, warmUp })) }
 }
 
 /**

@@ -13,7 +13,7 @@ import t, { type Test } from 'tap'
 import { WebSocket } from 'ws'
 import { connectPacket, encode } from '../helpers/wsmqtt.js'
 import { endClient, roundTrip } from './lib/clients.js'
-import { expectSettled, measureQuiet, type SettleContext } from './lib/settle.js'
+import { expectSettled, measureQuiet, warmedUp } from './lib/settle.js'
 import { within } from './lib/sockets.js'
 import { figures, random, sized, startGatewayProcess, startSysMosquitto } from './lib/suite.js'
 
@@ -96,12 +96,7 @@ t.test('kill -9 of the broker: every client told with a close code, nothing kept
     // No periodic readiness check: each would be one more broker socket in the counts.
     DRAWBRIDGE_ADMIN_READINESS_INTERVAL: '1h',
   })
-  await gw.process.waitForLog((l) => l.msg === 'upstream reachable: ready')
-  const warm = await roundTrip(t, gw.url, `killed/warm/${process.pid}`)
-  await endClient(warm.client)
-  const names = { [broker.port]: 'broker', [gw.port]: 'gateway' }
-  const ctx: SettleContext = { gw, broker, brokerAlive: true, names }
-  const quiet = await measureQuiet(ctx)
+  const { ctx, quiet } = await warmedUp(t, gw, broker)
 
   let pubacks = 0
   const publishers = await within(

@@ -12,7 +12,7 @@ import t, { type Test } from 'tap'
 import { endClient, roundTrip } from './lib/clients.js'
 import { INSPECTOR_ENV, memoryAfterGc, type Memory } from './lib/gc.js'
 import { clientFrame, RawWsClient, upgradeBytes } from './lib/killable-client.js'
-import { expectSettled, measureQuiet, type Quiet, type SettleContext } from './lib/settle.js'
+import { expectSettled, warmedUp, type Quiet, type SettleContext } from './lib/settle.js'
 import { within } from './lib/sockets.js'
 import { figures, random, sized, startGatewayProcess, startSysMosquitto } from './lib/suite.js'
 
@@ -100,16 +100,7 @@ t.test(`${2 * N} upgrades at once against maxConnections=${N}`, async (t) => {
     DRAWBRIDGE_ADMIN_READINESS_INTERVAL: '1h',
     ...INSPECTOR_ENV,
   })
-  await gw.process.waitForLog((l) => l.msg === 'upstream reachable: ready')
-  const warm = await roundTrip(t, gw.url, `flood/warm/${process.pid}`)
-  await endClient(warm.client)
-  const ctx: SettleContext = {
-    gw,
-    broker,
-    brokerAlive: true,
-    names: { [broker.port]: 'broker', [gw.port]: 'gateway' },
-  }
-  const quiet = await measureQuiet(ctx)
+  const { ctx, quiet } = await warmedUp(t, gw, broker)
   const rest = await memory(ctx)
 
   const first = await wave(t, ctx, quiet, 'first wave')

@@ -9,7 +9,7 @@
 import t from 'tap'
 import { endClient, roundTrip } from './lib/clients.js'
 import { RawWsClient, upgradeBytes } from './lib/killable-client.js'
-import { adminGetClosing, expectSettled, measureQuiet, type SettleContext } from './lib/settle.js'
+import { adminGetClosing, expectSettled, warmedUp } from './lib/settle.js'
 import { within } from './lib/sockets.js'
 import { nextMessage } from '../helpers/mqtt.js'
 import { parseExposition, value } from '../helpers/scrape.js'
@@ -51,16 +51,7 @@ t.test(`${SOCKETS} slow handshakes dropped at ws.handshakeTimeout`, async (t) =>
     // No periodic readiness check: each would be one more broker socket in the counts.
     DRAWBRIDGE_ADMIN_READINESS_INTERVAL: '1h',
   })
-  await gw.process.waitForLog((l) => l.msg === 'upstream reachable: ready')
-  const warm = await roundTrip(t, gw.url, `slow/warm/${process.pid}`)
-  await endClient(warm.client)
-  const ctx: SettleContext = {
-    gw,
-    broker,
-    brokerAlive: true,
-    names: { [broker.port]: 'broker', [gw.port]: 'gateway' },
-  }
-  const quiet = await measureQuiet(ctx)
+  const { ctx, quiet } = await warmedUp(t, gw, broker)
   const rejectedBefore = await rejections(gw.adminUrl)
 
   // Drawn before anything starts: the same seed gives the same run.

@@ -10,7 +10,9 @@
 // still counted would hold one), and $SYS must then agree within one tick.
 import http from 'node:http'
 import type { Test } from 'tap'
+import type { Teardown } from '../../helpers/broker.js'
 import { parseExposition, value } from '../../helpers/scrape.js'
+import { endClient, roundTrip } from './clients.js'
 import { describeSockets, pollUntil, tcpSocketsOf } from './sockets.js'
 import { openFds, type FaultGateway, type SysBroker } from './suite.js'
 
@@ -199,4 +201,27 @@ export async function measureQuiet(ctx: SettleContext, sys = 0): Promise<Quiet> 
     brokerFds: ctx.brokerAlive ? openFds(ctx.broker.pid) : 0,
     sys,
   }
+}
+
+/**
+ * A gateway ready for a case to measure against: its first readiness check done (that broker
+ * connect made and closed), then, with `warmUp`, one real MQTT round trip, so whatever the
+ * gateway opens lazily on its first connection is in the baseline and not counted as a leak;
+ * then its quiet state.
+ */
+export async function warmedUp(
+  t: Teardown,
+  gw: FaultGateway,
+  broker: SysBroker,
+  options: { names?: Record<number, string>; warmUp?: boolean } = {},
+): Promise<{ ctx: SettleContext; quiet: Quiet }> {
+  await gw.process.waitForLog((l) => l.msg === 'upstream reachable: ready', 15_000)
+  if (options.warmUp ?? true) {
+    const warm = await roundTrip(t, gw.url, `faults/warm/${gw.port}`)
+    await endClient(warm.client)
+    await gw.process.waitForLog((l) => l.msg === 'connection closed')
+  }
+  const names = options.names ?? { [broker.port]: 'broker', [gw.port]: 'gateway' }
+  const ctx: SettleContext = { gw, broker, brokerAlive: true, names }
+  return { ctx, quiet: await measureQuiet(ctx) }
 }
