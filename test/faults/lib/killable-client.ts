@@ -1,9 +1,11 @@
-// A killable WebSocket client on a bare TCP socket (lib/rawws.ts speaks frames for the tables), for cases that must stop at an exact point of the
-// exchange (half a request, the 101 read and nothing sent, half a frame) and then vanish the
-// way a real client does: a FIN (destroy), a RST (resetAndDestroy) or a half-close (end).
+// A killable WebSocket client on a bare TCP socket, for cases that must stop at an exact point
+// of the exchange (half a request, the 101 read and nothing sent, half a frame) and then vanish
+// the way a real client does: a FIN (destroy), a RST (resetAndDestroy) or a half-close (end).
+// Frames are written and read with lib/rawws.ts, the fault tables' codec.
 import { randomBytes } from 'node:crypto'
 import net from 'node:net'
 import { parseResponse, upgradeRequest, type RawResponse } from '../../helpers/raw.js'
+import { frame, Opcode, parseServerFrame } from './rawws.js'
 
 export type Kill = 'destroy' | 'reset' | 'end'
 
@@ -20,24 +22,8 @@ export function upgradeBytes(): Buffer {
 }
 
 /** A masked client frame (RFC 6455 5.2); opcode 2 is binary, 8 is close. */
-export function clientFrame(payload: Buffer, opcode = 2): Buffer {
-  const mask = randomBytes(4)
-  const length = payload.length
-  const head =
-    length < 126
-      ? Buffer.from([0x80 | opcode, 0x80 | length])
-      : length < 65_536
-        ? Buffer.from([0x80 | opcode, 0x80 | 126, length >> 8, length & 0xff])
-        : (() => {
-            const h = Buffer.alloc(10)
-            h[0] = 0x80 | opcode
-            h[1] = 0x80 | 127
-            h.writeBigUInt64BE(BigInt(length), 2)
-            return h
-          })()
-  const body = Buffer.allocUnsafe(length)
-  for (let i = 0; i < length; i++) body[i] = (payload[i] ?? 0) ^ (mask[i & 3] ?? 0)
-  return Buffer.concat([head, mask, body])
+export function clientFrame(payload: Buffer, opcode: number = Opcode.BINARY): Buffer {
+  return frame({ opcode, payload })
 }
 
 export class RawWsClient {
@@ -152,28 +138,15 @@ export class RawWsClient {
     this.#wake()
   }
 
-  // Server frames are unmasked: FIN/opcode, length (7, 16 or 64 bits), payload.
   #parseFrames(): void {
     for (;;) {
-      const f = this.#frames
-      if (f.length < 2) return
-      const opcode = (f[0] ?? 0) & 0x0f
-      let length = (f[1] ?? 0) & 0x7f
-      let offset = 2
-      if (length === 126) {
-        if (f.length < 4) return
-        length = f.readUInt16BE(2)
-        offset = 4
-      } else if (length === 127) {
-        if (f.length < 10) return
-        length = Number(f.readBigUInt64BE(2))
-        offset = 10
-      }
-      if (f.length < offset + length) return
-      const payload = f.subarray(offset, offset + length)
-      this.#frames = f.subarray(offset + length)
-      if (opcode === 2 || opcode === 0) this.mqtt = Buffer.concat([this.mqtt, payload])
-      if (opcode === 8) {
+      const parsed = parseServerFrame(this.#frames)
+      if (parsed === undefined) return
+      this.#frames = this.#frames.subarray(parsed.size)
+      const { opcode, payload } = parsed.frame
+      if (opcode === Opcode.BINARY || opcode === Opcode.CONTINUATION)
+        this.mqtt = Buffer.concat([this.mqtt, payload])
+      if (opcode === Opcode.CLOSE) {
         this.closeCode = payload.length >= 2 ? payload.readUInt16BE(0) : 1005
         this.closeReason = payload.subarray(2).toString()
       }

@@ -242,7 +242,8 @@ export class RawPeer {
   }
 }
 
-function parseServerFrame(buf: Buffer): { frame: ServerFrame; size: number } | undefined {
+/** The first whole server frame in `buf` and its size in bytes, or undefined: not all there. */
+export function parseServerFrame(buf: Buffer): { frame: ServerFrame; size: number } | undefined {
   if (buf.length < 2) return undefined
   const b0 = buf[0] ?? 0
   const b1 = buf[1] ?? 0
