@@ -1,7 +1,8 @@
 // Drain in MQTT (issue 13): on shutdown an MQTT 5 client is sent DISCONNECT 0x8B Server shutting
 // down, or 0x9C Use another server with shutdown.serverReference, before the close 1001 (mqtts:
 // the TLS close); 3.1 and 3.1.1 clients get the close alone. The DISCONNECT is a whole packet
-// after a whole broker packet, and shutdown.spread spreads the closes over time.
+// after a whole broker packet, and shutdown.spread spreads the closes over time. The last case
+// runs the built CLI (dist/), as SIGTERM reaches it in production.
 import mqtt, { type IDisconnectPacket, type MqttClient } from 'mqtt'
 import mqttPacket from 'mqtt-packet'
 import t from 'tap'
@@ -11,6 +12,7 @@ import { MOSQUITTO, startBroker } from './helpers/broker.js'
 import { startTestGateway } from './helpers/gateway.js'
 import { nextMessage } from './helpers/mqtt.js'
 import { testPki, tlsEnv, writeServerFiles } from './helpers/pki.js'
+import { listeningPort, spawnGateway } from './helpers/process.js'
 import { CONNACK_V5, scriptedBroker } from './helpers/scripted-broker.js'
 import { connectPacket, openRawClient, type RawMqttClient } from './helpers/wsmqtt.js'
 
@@ -273,5 +275,34 @@ t.test('mqtts: DISCONNECT 0x8B, then the TLS close', { skip: !MOSQUITTO }, async
       ['mqtts', 'server shutting down'],
       ['mqtts', 'server shutting down'],
     ],
+  )
+})
+
+t.test('SIGTERM to the CLI: the env keys reach the drain, 0x9C then 1001, exit 0', async (t) => {
+  const broker = await scriptedBroker(t)
+  const gw = spawnGateway(t, {
+    DRAWBRIDGE_PROFILE: 'development',
+    DRAWBRIDGE_LISTEN_HOST: '127.0.0.1',
+    DRAWBRIDGE_LISTEN_PORT: '0',
+    DRAWBRIDGE_ADMIN_HOST: '127.0.0.1',
+    DRAWBRIDGE_UPSTREAM_EMBEDDED: 'false',
+    DRAWBRIDGE_UPSTREAM_BROKERS: `127.0.0.1:${broker.port}`,
+    DRAWBRIDGE_SHUTDOWN_GRACE: '3s',
+    DRAWBRIDGE_SHUTDOWN_SPREAD: '500ms',
+    DRAWBRIDGE_SHUTDOWN_SERVER_REFERENCE: 'replica-b:443',
+  })
+  const port = await listeningPort(gw)
+  const client = await rawSession(t, `ws://127.0.0.1:${port}/mqtt`, 5)
+  gw.child.kill('SIGTERM')
+  t.same(await client.closed, SHUTTING_DOWN)
+  t.match(client.packets.at(-1), {
+    cmd: 'disconnect',
+    reasonCode: 0x9c,
+    properties: { serverReference: 'replica-b:443' },
+  })
+  t.same(await gw.exited, { code: 0, signal: null }, 'exit 0')
+  t.match(
+    gw.logs.find((l) => l.msg === 'shutting down'),
+    { graceMs: 3_000, spreadMs: 500 },
   )
 })
