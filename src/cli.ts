@@ -168,7 +168,10 @@ async function run(loaded: LoadedConfig, configFile?: string, profile?: string):
       log.warn({ signal }, 'second signal: exiting without waiting for connections')
       process.exit(1)
     }
-    log.info({ signal, graceMs: config.shutdown.grace }, 'shutting down')
+    log.info(
+      { signal, graceMs: config.shutdown.grace, spreadMs: config.shutdown.spread },
+      'shutting down',
+    )
     void gateway.close().then(() => process.exit(0))
   }
   process.on('SIGTERM', shutdown)

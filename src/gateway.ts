@@ -6,7 +6,8 @@
 import type { AddressInfo } from 'node:net'
 import { Readiness } from './admin/readiness.js'
 import { AdminServer } from './admin/server.js'
-import { ConnectionRegistry } from './bridge/registry.js'
+import { Goodbyes } from './bridge/goodbyes.js'
+import { ConnectionRegistry, type ShutdownPolicy } from './bridge/registry.js'
 import type { HostPort } from './config/formats.js'
 import type { Config } from './config/schema.js'
 import type { EmbeddedBroker } from './dev/broker.js'
@@ -59,7 +60,10 @@ export interface Gateway {
    * and are logged as such. Undefined when TLS is off.
    */
   reload: (next?: Config) => ReloadResult | undefined
-  /** Graceful stop: 1001 to every client, up to shutdown.grace, then the embedded broker. */
+  /**
+   * Graceful stop: the shutdown goodbye to every client (MQTT 5: DISCONNECT 0x8B or 0x9C, then
+   * 1001), spread over shutdown.spread, up to shutdown.grace, then the embedded broker.
+   */
   close: () => Promise<void>
 }
 
@@ -173,7 +177,7 @@ export async function startGateway(config: Config, deps: GatewayDeps): Promise<G
     }
   } catch (err) {
     tls?.close()
-    await edge.close(0)
+    await edge.close({ grace: 0 })
     await embedded?.close()
     throw err
   }
@@ -194,7 +198,7 @@ export async function startGateway(config: Config, deps: GatewayDeps): Promise<G
       adminAddress = await admin.listen()
     } catch (err) {
       tls?.close()
-      await Promise.all([edge.close(0), mqtts?.close(0)])
+      await Promise.all([edge.close({ grace: 0 }), mqtts?.close({ grace: 0 })])
       await embedded?.close()
       throw err
     }
@@ -215,6 +219,11 @@ export async function startGateway(config: Config, deps: GatewayDeps): Promise<G
     `gateway listening on ${url}`,
   )
 
+  const shutdown: ShutdownPolicy = {
+    grace: config.shutdown.grace,
+    spread: config.shutdown.spread,
+    goodbye: Goodbyes.shuttingDown(config.shutdown.serverReference),
+  }
   let closing: Promise<void> | undefined
   return {
     address,
@@ -243,7 +252,7 @@ export async function startGateway(config: Config, deps: GatewayDeps): Promise<G
       closing ??= (async () => {
         sessions?.stop()
         tls?.close()
-        await Promise.all([edge.close(config.shutdown.grace), mqtts?.close(config.shutdown.grace)])
+        await Promise.all([edge.close(shutdown), mqtts?.close(shutdown)])
         // The admin listener outlives the edge so /readyz says 503 throughout the drain.
         readiness.stop()
         await admin?.close()

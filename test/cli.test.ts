@@ -134,6 +134,12 @@ t.test('invalid config: exit 2 with one line naming the key', async (t) => {
       {},
       /ws\.path: must be a URL path/,
     ],
+    [
+      'spread not below grace',
+      ['check-config'],
+      { DRAWBRIDGE_SHUTDOWN_GRACE: '10s', DRAWBRIDGE_SHUTDOWN_SPREAD: '10s' },
+      /shutdown\.spread: \(10000 ms\) must be less than shutdown\.grace \(10000 ms\)/,
+    ],
     ['missing file', ['--config', join(dir, 'nope.json')], {}, /--config: file not found/],
     ['unknown profile', ['check-config', '--profile', 'staging'], {}, /profile: must be one of/],
   ]

@@ -127,6 +127,11 @@ t.test('errors are ConfigError with the key', async (t) => {
     [{ DRAWBRIDGE_HTTP_TRUSTED_PROXIES: 'proxy.example.com' }, 'http.trustedProxies'],
     [{ DRAWBRIDGE_WS_ALLOWED_ORIGINS: 'https://app.example.com/page' }, 'ws.allowedOrigins'],
     [{ DRAWBRIDGE_WS_ALLOWED_ORIGINS: 'app.example.com' }, 'ws.allowedOrigins'],
+    [{ DRAWBRIDGE_SHUTDOWN_SPREAD: '20s', DRAWBRIDGE_SHUTDOWN_GRACE: '10s' }, 'shutdown.spread'],
+    [{ DRAWBRIDGE_SHUTDOWN_SPREAD: '10s', DRAWBRIDGE_SHUTDOWN_GRACE: '10s' }, 'shutdown.spread'],
+    [{ DRAWBRIDGE_SHUTDOWN_SPREAD: 'slowly' }, 'shutdown.spread'],
+    [{ DRAWBRIDGE_SHUTDOWN_SERVER_REFERENCE: 'other\u0000host' }, 'shutdown.serverReference'],
+    [{ DRAWBRIDGE_SHUTDOWN_SERVER_REFERENCE: 'x'.repeat(65_536) }, 'shutdown.serverReference'],
   ]
   for (const [env, key] of cases) {
     try {
@@ -138,6 +143,23 @@ t.test('errors are ConfigError with the key', async (t) => {
       t.equal((err as ConfigError).code, 'DRAWBRIDGE_ERR_CONFIG')
     }
   }
+  const shutdown = loadConfig({
+    env: {
+      DRAWBRIDGE_SHUTDOWN_GRACE: '30s',
+      DRAWBRIDGE_SHUTDOWN_SPREAD: '20s',
+      DRAWBRIDGE_SHUTDOWN_SERVER_REFERENCE: 'mqtt-b.example.com:443',
+    },
+  }).config.shutdown
+  t.same(
+    shutdown,
+    { grace: 30_000, spread: 20_000, serverReference: 'mqtt-b.example.com:443' },
+    'a spread below the grace, a server reference',
+  )
+  t.same(
+    loadConfig({ env: { DRAWBRIDGE_SHUTDOWN_GRACE: '0' } }).config.shutdown.spread,
+    0,
+    'no spread (the default) needs no grace',
+  )
   t.same(
     loadConfig({ env: { DRAWBRIDGE_WS_PING_INTERVAL: '0', DRAWBRIDGE_WS_PONG_TIMEOUT: '0' } })
       .config.ws.pingInterval,

@@ -5,12 +5,14 @@
 import { once } from 'node:events'
 import net from 'node:net'
 import { connectAsync } from 'mqtt'
+import mqttPacket from 'mqtt-packet'
 import t from 'tap'
 import { WebSocket } from 'ws'
 import { BROKER_KINDS, MOSQUITTO, startBroker, type Teardown } from './helpers/broker.js'
 import { startTestGateway } from './helpers/gateway.js'
 import { nextMessage } from './helpers/mqtt.js'
 import { scrape, value } from './helpers/scrape.js'
+import { CONNACK_V5, scriptedBroker } from './helpers/scripted-broker.js'
 import { connectPacket, encode, openRawClient } from './helpers/wsmqtt.js'
 
 const REFUSALS = 'drawbridge_mqtt_refusals_total'
@@ -140,6 +142,41 @@ t.test('MQTT 5: DISCONNECT 0x95 to the client, then 1009 (raw)', async (t) => {
     Buffer.concat(got).toString('hex'),
     '2003000000' + 'e0029500',
     'the CONNACK, then the DISCONNECT with reason 0x95 and no properties',
+  )
+})
+
+t.test('MQTT 5: a broker packet in flight ends before the DISCONNECT 0x95 (raw)', async (t) => {
+  const broker = await scriptedBroker(t)
+  const gw = await startTestGateway(t, broker.port, { DRAWBRIDGE_MQTT_MAX_PACKET_SIZE: '64' })
+  const client = await openRawClient(t, gw.url, 'mqtt', { protocolVersion: 5 })
+  client.ws.send(connectPacket('v5-busy', { protocolVersion: 5 }))
+  await client.next('connack')
+  const session = await broker.nextSession()
+  const publish = (payload: Buffer): Buffer =>
+    mqttPacket.generate(
+      { cmd: 'publish', topic: 'busy', payload, qos: 0, dup: false, retain: false },
+      { protocolVersion: 5 },
+    )
+  const inFlight = publish(Buffer.alloc(1_000, 0x61))
+  const after = publish(Buffer.from('never forwarded'))
+  // Half the broker's PUBLISH has reached the client when it sends its oversized header.
+  session.socket.write(inFlight.subarray(0, 500))
+  await client.until(() => Buffer.concat(client.received).length >= CONNACK_V5.length + 500)
+  client.ws.send(Buffer.from([0x30, 0x7f]))
+  await gw.waitForLog(
+    (l) => l.msg === 'waiting for the broker packet in flight before the DISCONNECT',
+  )
+  session.socket.write(Buffer.concat([inFlight.subarray(500), after]))
+  const closed = await client.closed
+  t.equal(closed.code, 1009)
+  t.equal(
+    Buffer.concat(client.received).toString('hex'),
+    Buffer.concat([CONNACK_V5, inFlight, Buffer.from([0xe0, 0x02, 0x95, 0x00])]).toString('hex'),
+    'the whole PUBLISH, then the DISCONNECT; nothing of the packet after it',
+  )
+  t.same(
+    client.packets.map((p) => p.cmd),
+    ['connack', 'publish', 'disconnect'],
   )
 })
 

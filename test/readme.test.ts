@@ -6,6 +6,7 @@ import t from 'tap'
 import { CloseCode } from '../src/bridge/close-codes.js'
 import { CONFIG_DOCS_END, CONFIG_DOCS_START, renderConfigReference } from '../src/config/docs.js'
 import { ERROR_CODES } from '../src/errors.js'
+import { DisconnectReasonCode } from '../src/mqtt/disconnect.js'
 
 const readme = readFileSync(new URL('../README.md', import.meta.url), 'utf8')
 
@@ -32,5 +33,13 @@ t.test('every error code and close code is documented', async (t) => {
   for (const code of ERROR_CODES) t.match(readme, cell(`\`${code}\``), code)
   for (const [name, code] of Object.entries(CloseCode)) {
     t.match(readme, cell(String(code)), `${name} (${code})`)
+  }
+})
+
+t.test('every DISCONNECT reason code the gateway sends has a row', async (t) => {
+  const section = readme.slice(readme.indexOf('### MQTT 5 DISCONNECTs'))
+  for (const [name, code] of Object.entries(DisconnectReasonCode)) {
+    const hex = `0x${code.toString(16).toUpperCase()}`
+    t.match(section, new RegExp(`^\\|\\s*\`${hex}\`\\s*\\|`, 'm'), `${name} (${hex})`)
   }
 })

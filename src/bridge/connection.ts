@@ -23,9 +23,17 @@ import type { MqttMalformedError } from '../mqtt/errors.js'
 import type { PacketTypeValue } from '../mqtt/packet.js'
 import type { ClientEvents, ClientSide } from './client-side.js'
 import { CloseCode, CloseReason, type CloseCodeValue, type Initiator } from './close-codes.js'
+import { Goodbyes, type Goodbye } from './goodbyes.js'
 
 /** How long one side may stay half-open after the other closed before it is destroyed. */
 export const HALF_OPEN_TIMEOUT_MS = 2_000
+
+/**
+ * How long a goodbye waits for the broker packet in flight to end before the DISCONNECT can go
+ * (see goodbye()). Ample for a packet already on its way; a client that cannot take the rest
+ * of one within a second would not read a DISCONNECT soon either.
+ */
+export const GOODBYE_WAIT_MS = 1_000
 
 // Each broker socket points back to its Connection through this key, so the event listeners
 // can be shared functions (static methods below) instead of closures per connection.
@@ -84,12 +92,6 @@ export interface MqttInspection {
   maxPacketSize: number
 }
 
-/**
- * An MQTT 5 DISCONNECT with reason code 0x95 (Packet too large) and no properties: fixed
- * header 0xE0, remaining length 2, the reason code, property length 0 (MQTT 5, 3.14).
- */
-const DISCONNECT_PACKET_TOO_LARGE = Buffer.from([0xe0, 0x02, 0x95, 0x00])
-
 /** The WebSocket subprotocol that names each protocol level (MQTT 3.1 is mqttv3.1). */
 function subprotocolMatches(protocol: string, level: number): boolean {
   if (protocol === 'mqttv3.1') return level === 3
@@ -126,8 +128,7 @@ class BrokerFramerEvents implements FramerEvents {
   }
 
   mqttPacket(type: PacketTypeValue): boolean {
-    this.#connection.brokerPacket(type)
-    return true
+    return this.#connection.brokerPacket(type)
   }
 
   mqttConnack(info: ConnackInfo): void {
@@ -199,12 +200,15 @@ export class Connection implements ClientEvents, FramerEvents {
   #inspectStopped = false
   /** The client's CONNECT has been read whole (and forwarded). */
   #connectRead = false
-  /** The broker's CONNACK has been read (and forwarded). */
-  #connackRead = false
+  /** The broker's CONNACK has been read (and forwarded), and it accepted the client. */
+  #connackAccepted = false
   /** The size of the client packet refused for mqtt.maxPacketSize, else 0. */
   #refusedSize = 0
   /** Broker bytes are no longer forwarded: the gateway sent the client a DISCONNECT. */
   #toClientStopped = false
+  /** A goodbye waiting for the broker stream to reach a packet boundary (see goodbye()). */
+  #awaitedGoodbye: Goodbye | undefined
+  #goodbyeTimer: NodeJS.Timeout | undefined
 
   constructor(
     client: ClientSide,
@@ -313,13 +317,17 @@ export class Connection implements ClientEvents, FramerEvents {
     }
   }
 
-  brokerPacket(type: PacketTypeValue): void {
+  /** A broker packet's header was read; false (stop before it) once a goodbye is waiting. */
+  brokerPacket(type: PacketTypeValue): boolean {
+    if (this.#awaitedGoodbye !== undefined) return false
     const counts = this.packetsToClient as number[] // allocated with the framers
     counts[type] = (counts[type] as number) + 1 // 16 slots
+    return true
   }
 
   brokerConnack(info: ConnackInfo): void {
-    this.#connackRead = true
+    // Return code 0 (3.1, 3.1.1), reason code 0x00 Success (5).
+    this.#connackAccepted = info.code === 0
     this.#options.metrics.mqttConnack(info.level, info.code)
   }
 
@@ -336,12 +344,79 @@ export class Connection implements ClientEvents, FramerEvents {
 
   /** Starts an orderly close with `code`; the client's answer (or a timeout) ends it. */
   close(code: CloseCodeValue, reason: string, initiator: Initiator): void {
+    const awaited = this.#awaitedGoodbye
+    if (awaited !== undefined) {
+      // The broker ended or failed while a goodbye waited for its packet: the goodbye came
+      // first and closes now, without its DISCONNECT (the packet will not end).
+      this.#endGoodbyeWait()
+      this.#client.close(awaited.code, awaited.reason)
+      return
+    }
     this.#pending ??= { code, initiator, reason }
     this.#client.close(code, reason)
   }
 
+  /**
+   * Ends the connection for a reason of the gateway's, in MQTT first where the client can hear
+   * it: an MQTT 5 client is sent `goodbye.disconnect`, then every client gets the close (mqtts:
+   * the TLS close). The DISCONNECT must be a packet of its own in the broker's stream: never
+   * below level 5 (3.1 and 3.1.1 have no server DISCONNECT), only after a CONNACK that
+   * accepted the client has been forwarded [MQTT-3.2.0-1], never inside a broker packet. When
+   * a broker packet is in flight it is let finish, for up to GOODBYE_WAIT_MS, and nothing
+   * after it is forwarded: waiting, not skipping, so a busy client (the ones a drain most
+   * wants to redirect) still learns why. A packet that does not finish in time is cut by the
+   * close alone.
+   */
+  goodbye(goodbye: Goodbye): void {
+    if (this.closing) return
+    this.#pending = { code: goodbye.code, initiator: 'gateway', reason: goodbye.reason }
+    const framer = this.#fromBroker
+    const hears =
+      framer !== undefined &&
+      this.#fromClient?.level === 5 &&
+      this.#connackAccepted &&
+      !this.#toClientStopped
+    if (!hears) {
+      this.#client.close(goodbye.code, goodbye.reason)
+    } else if (framer.atBoundary) {
+      this.#sayGoodbye(goodbye)
+    } else {
+      this.#awaitedGoodbye = goodbye
+      this.#goodbyeTimer = setTimeout(Connection.#goodbyeWaitOver, GOODBYE_WAIT_MS, this)
+      this.#goodbyeTimer.unref()
+      this.#log.debug(
+        { waitMs: GOODBYE_WAIT_MS },
+        'waiting for the broker packet in flight before the DISCONNECT',
+      )
+    }
+  }
+
+  #sayGoodbye(goodbye: Goodbye): void {
+    this.#toClientStopped = true
+    this.#client.send(goodbye.disconnect)
+    this.#client.close(goodbye.code, goodbye.reason)
+  }
+
+  #endGoodbyeWait(): void {
+    clearTimeout(this.#goodbyeTimer)
+    this.#goodbyeTimer = undefined
+    this.#awaitedGoodbye = undefined
+  }
+
+  static #goodbyeWaitOver(connection: Connection): void {
+    const goodbye = connection.#awaitedGoodbye
+    if (goodbye === undefined) return
+    connection.#endGoodbyeWait()
+    connection.#log.info(
+      { waitMs: GOODBYE_WAIT_MS },
+      'the broker packet in flight did not end in time; closing without the DISCONNECT',
+    )
+    connection.#client.close(goodbye.code, goodbye.reason)
+  }
+
   /** Cuts the connection at once, without a close handshake (shutdown grace ran out). */
   terminate(reason: string): void {
+    this.#endGoodbyeWait()
     this.#pending ??= { code: CloseCode.ABNORMAL, initiator: 'gateway', reason }
     this.#client.terminate()
   }
@@ -422,8 +497,7 @@ export class Connection implements ClientEvents, FramerEvents {
     this.close(CloseCode.INTERNAL_ERROR, CloseReason.malformed(error.message), 'gateway')
   }
 
-  // An MQTT 5 client is told why in its own protocol first, when the DISCONNECT can go in
-  // between two broker packets and the CONNACK has gone (none may come before it).
+  // An MQTT 5 client is told why in its own protocol first (goodbye() says when it can be).
   #packetTooLarge(): void {
     const level = this.#fromClient?.level
     this.#log.warn(
@@ -431,11 +505,7 @@ export class Connection implements ClientEvents, FramerEvents {
       'MQTT packet over mqtt.maxPacketSize; closing',
     )
     this.#options.metrics.mqttRefused('packet_too_large')
-    if (level === 5 && this.#connackRead && this.#fromBroker?.atBoundary === true) {
-      this.#toClientStopped = true
-      this.#client.send(DISCONNECT_PACKET_TOO_LARGE)
-    }
-    this.close(CloseCode.MESSAGE_TOO_BIG, CloseReason.packetTooLarge, 'gateway')
+    this.goodbye(Goodbyes.packetTooLarge)
   }
 
   #malformed(error: MqttMalformedError): void {
@@ -455,6 +525,7 @@ export class Connection implements ClientEvents, FramerEvents {
   }
 
   clientClosed(code: number | undefined, reason: string): void {
+    this.#endGoodbyeWait()
     const summary = this.#pending ?? { code, initiator: 'client', reason }
     // A client side without close codes (mqtts) was never sent the one a gateway close names.
     this.closed = this.#client.framed ? summary : { ...summary, code: undefined }
@@ -516,6 +587,16 @@ export class Connection implements ClientEvents, FramerEvents {
     if (result.released !== undefined) this.#toClient(result.released)
     if (result.forward === chunk.length) this.#toClient(chunk)
     else if (result.forward > 0) this.#toClient(chunk.subarray(0, result.forward))
+    // A goodbye waiting for a boundary has one: the packet in flight ended with this chunk, or
+    // the framer stopped before the next one's header (brokerPacket said no).
+    const awaited = this.#awaitedGoodbye
+    if (awaited !== undefined && result.error === undefined) {
+      if (result.stopped || framer.atBoundary) {
+        this.#endGoodbyeWait()
+        this.#sayGoodbye(awaited)
+      }
+      return
+    }
     if (result.stopped && !this.#inspectStopped) this.#brokerStopped(result.error)
   }
 

@@ -3,14 +3,26 @@
 // all connections together rather than one timer per connection, which keeps an idle
 // connection small.
 import type { Logger } from '../log.js'
-import { CloseCode, CloseReason } from './close-codes.js'
 import type { Connection } from './connection.js'
+import { Goodbyes, type Goodbye } from './goodbyes.js'
 
 export interface PingPolicy {
   /** 0 disables pings. */
   interval: number
   timeout: number
 }
+
+/** How a listener's connections are closed when the gateway stops (shutdown.*). */
+export interface ShutdownPolicy {
+  /** From the start of the shutdown, how long until the connections still open are cut. */
+  grace: number
+  /** The closes go out evenly over this long from the start (0: all at once); below grace. */
+  spread?: number
+  /** What each client is told; default 0x8B Server shutting down, then 1001. */
+  goodbye?: Goodbye
+}
+
+const SHUTTING_DOWN = Goodbyes.shuttingDown('')
 
 export class ConnectionRegistry {
   readonly #connections = new Map<string, Connection>()
@@ -61,22 +73,30 @@ export class ConnectionRegistry {
   }
 
   /**
-   * Closes the connections of `listener` with 1001 (mqtts: close_notify and FIN), waits up to
-   * `grace` ms for them to finish, then cuts the rest. Resolves once every one has closed.
+   * Says the shutdown goodbye to the connections of `listener` (MQTT 5: DISCONNECT; then 1001,
+   * mqtts: close_notify and FIN), spread evenly over `spread` ms when set, so the clients do
+   * not all reconnect elsewhere in the same moment. `grace` counts from the start, spread
+   * included: what is still open then is cut. Resolves once every one has closed.
    */
-  async closeAll(listener: string, grace: number, log: Logger): Promise<void> {
+  async closeAll(
+    listener: string,
+    { grace, spread = 0, goodbye = SHUTTING_DOWN }: ShutdownPolicy,
+    log: Logger,
+  ): Promise<void> {
     const open = [...this.valuesOf(listener)]
     if (open.length === 0) return
-    log.info({ listener, open: open.length, graceMs: grace }, 'closing open connections')
+    log.info(
+      { listener, open: open.length, graceMs: grace, spreadMs: spread },
+      'closing open connections',
+    )
     const allClosed = Promise.all(open.map((c) => c.whenClosed()))
-    for (const connection of open) {
-      connection.close(CloseCode.GOING_AWAY, CloseReason.shuttingDown, 'gateway')
-    }
+    const stopSpread = spreadOver(open, spread, (connection) => connection.goodbye(goodbye))
     let graceTimer: NodeJS.Timeout | undefined
     const graceOver = new Promise<'timeout'>((resolve) => {
       graceTimer = setTimeout(() => resolve('timeout'), grace)
     })
     if ((await Promise.race([allClosed, graceOver])) === 'timeout') {
+      stopSpread()
       const left = [...this.valuesOf(listener)]
       log.warn(
         { listener, open: left.length },
@@ -85,6 +105,7 @@ export class ConnectionRegistry {
       for (const connection of left) connection.terminate('shutdown grace over')
       await allClosed
     }
+    stopSpread()
     clearTimeout(graceTimer)
   }
 
@@ -145,4 +166,23 @@ export class ConnectionRegistry {
       if (connection.pongOverdue(now, timeout)) connection.terminateForPingTimeout()
     }
   }
+}
+
+/**
+ * Calls `each` on item i of `items` at i * spread / items.length ms from now (the first at
+ * once, the last a step before `spread`), with one timer at a time rather than one per item.
+ * A late timer catches up on every item whose time has come. Returns a function that stops it.
+ */
+function spreadOver<T>(items: readonly T[], spread: number, each: (item: T) => void): () => void {
+  const start = performance.now()
+  const step = spread / items.length
+  let next = 0
+  let timer: NodeJS.Timeout | undefined
+  const run = (): void => {
+    const elapsed = performance.now() - start
+    while (next < items.length && next * step <= elapsed) each(items[next++] as T)
+    if (next < items.length) timer = setTimeout(run, Math.ceil(next * step - elapsed))
+  }
+  run()
+  return () => clearTimeout(timer)
 }

@@ -5,6 +5,7 @@ import { existsSync } from 'node:fs'
 import { fileURLToPath } from 'node:url'
 import convict from 'convict'
 import { ConfigError } from '../errors.js'
+import { mqttStringProblem } from '../mqtt/disconnect.js'
 import { parseCidr, parseHostPort } from './formats.js'
 import { compileOrigins } from './origin.js'
 import { schema, type Config, type RawConfig } from './schema.js'
@@ -114,6 +115,25 @@ function checkCrossKeyRules(config: Config): void {
     throw new ConfigError('ws.pongTimeout', 'must be above 0 while ws.pingInterval is on')
   }
   checkTlsRules(config)
+  checkShutdownRules(config)
+}
+
+function checkShutdownRules({ shutdown }: Config): void {
+  // The grace counts from the start of the shutdown: a spread as long as it would leave the
+  // last clients no time to close before they are cut.
+  if (shutdown.spread > 0 && shutdown.spread >= shutdown.grace) {
+    throw new ConfigError(
+      'shutdown.spread',
+      `(${shutdown.spread} ms) must be less than shutdown.grace (${shutdown.grace} ms): the grace counts from the start of the shutdown, spread included`,
+    )
+  }
+  const problem = mqttStringProblem(shutdown.serverReference)
+  if (problem !== undefined) {
+    throw new ConfigError(
+      'shutdown.serverReference',
+      `${problem}; it is sent as an MQTT UTF-8 string`,
+    )
+  }
 }
 
 function checkTlsRules({ tls, tcp, profile }: Config): void {

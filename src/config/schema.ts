@@ -154,7 +154,7 @@ export const schema = {
       env: 'DRAWBRIDGE_TLS_CRL',
     },
     closeRevoked: {
-      doc: 'Close open sessions whose client certificate stops being valid: on every successful reload, those the new tls.crl revokes, and at least once a minute those whose certificate has expired (WebSocket close 1008 with the reason; mqtts: TLS close), logged and counted in drawbridge_tls_sessions_closed_total.',
+      doc: 'Close open sessions whose client certificate stops being valid: on every successful reload, those the new tls.crl revokes, and at least once a minute those whose certificate has expired (MQTT 5 clients first get DISCONNECT 0x87 Not authorized; then WebSocket close 1008 with the reason, mqtts: TLS close), logged and counted in drawbridge_tls_sessions_closed_total.',
       format: 'bool',
       default: true,
       env: 'DRAWBRIDGE_TLS_CLOSE_REVOKED',
@@ -266,10 +266,22 @@ export const schema = {
   },
   shutdown: {
     grace: {
-      doc: 'On SIGTERM/SIGINT, how long open connections get to close after being sent 1001 before they are cut.',
+      doc: 'On SIGTERM/SIGINT, how long open connections get to close, counted from the start of the shutdown (shutdown.spread included), before the ones still open are cut.',
       format: 'duration',
       default: 10_000,
       env: 'DRAWBRIDGE_SHUTDOWN_GRACE',
+    },
+    spread: {
+      doc: 'On SIGTERM/SIGINT, close the open connections evenly over this time instead of all at once (0), so the other replicas do not take every reconnect in the same second. Must be less than shutdown.grace: the last client is closed at about shutdown.spread and has the rest of shutdown.grace to go.',
+      format: 'duration',
+      default: 0,
+      env: 'DRAWBRIDGE_SHUTDOWN_SPREAD',
+    },
+    serverReference: {
+      doc: 'On SIGTERM/SIGINT, MQTT 5 clients are sent DISCONNECT 0x8B (Server shutting down) before the close 1001; when this is set, DISCONNECT 0x9C (Use another server) with this as its Server Reference instead: where the client may reconnect (e.g. mqtt-b.example.com:443; its meaning is up to the clients). Empty: none.',
+      format: 'optional-string',
+      default: '',
+      env: 'DRAWBRIDGE_SHUTDOWN_SERVER_REFERENCE',
     },
   },
   admin: {
@@ -351,7 +363,7 @@ export interface RawConfig {
   tcp: { enabled: boolean; port: number }
   limits: { maxConnections: number; highWaterMark: number }
   mqtt: { inspect: boolean; connectTimeout: number; maxPacketSize: number }
-  shutdown: { grace: number }
+  shutdown: { grace: number; spread: number; serverReference: string }
   admin: {
     enabled: boolean
     host: string

@@ -2,8 +2,10 @@
 // OpenSSL checks a certificate once, at the handshake; a device whose certificate is revoked or
 // expires afterwards would otherwise stay connected for as long as its connection lasts.
 // Revocations are checked after every successful TLS reload (the new CRL), expiry on a sweep.
+// A session is ended with 1008 (mqtts: TLS close), MQTT 5 clients first told DISCONNECT 0x87
+// Not authorized with a Reason String that says which (Connection.goodbye).
 import type { Connection } from '../bridge/connection.js'
-import { CloseCode, CloseReason } from '../bridge/close-codes.js'
+import { Goodbyes } from '../bridge/goodbyes.js'
 import type { ConnectionRegistry } from '../bridge/registry.js'
 import type { Logger } from '../log.js'
 import type { Metrics } from '../metrics.js'
@@ -63,8 +65,8 @@ export class CertificateSessions {
     for (const connection of this.#options.connections.values()) {
       const cert = connection.tls?.clientCert
       if (cert === undefined || connection.closing || !matches(cert)) continue
-      const text =
-        reason === 'revoked' ? CloseReason.certificateRevoked : CloseReason.certificateExpired
+      const goodbye =
+        reason === 'revoked' ? Goodbyes.certificateRevoked : Goodbyes.certificateExpired
       this.#options.log.warn(
         {
           conn: connection.id,
@@ -75,10 +77,10 @@ export class CertificateSessions {
           validTo: cert.validTo,
           reason,
         },
-        `${text}; closing its session`,
+        `${goodbye.reason}; closing its session`,
       )
       this.#options.metrics.tlsSessionClosed(reason)
-      connection.close(CloseCode.POLICY_VIOLATION, text, 'gateway')
+      connection.goodbye(goodbye)
       closed++
     }
     return closed

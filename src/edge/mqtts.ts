@@ -8,7 +8,7 @@ import { randomBytes } from 'node:crypto'
 import type { AddressInfo } from 'node:net'
 import tls from 'node:tls'
 import { Connection, type ConnectionOptions } from '../bridge/connection.js'
-import type { ConnectionRegistry } from '../bridge/registry.js'
+import type { ConnectionRegistry, ShutdownPolicy } from '../bridge/registry.js'
 import { StreamClient } from '../bridge/stream-client.js'
 import type { Config } from '../config/schema.js'
 import { listen } from '../listen.js'
@@ -82,11 +82,14 @@ export class MqttsListener {
     return this.#server.address() as AddressInfo
   }
 
-  /** Stops accepting, ends every connection (TLS close_notify + FIN), cuts the rest after `grace`. */
-  async close(grace: number): Promise<void> {
+  /**
+   * Stops accepting, says the shutdown goodbye to every connection (MQTT 5: DISCONNECT, then TLS
+   * close_notify + FIN; spread over shutdown.spread), cuts the rest after `grace`.
+   */
+  async close(shutdown: ShutdownPolicy): Promise<void> {
     this.#closing = true
     const serverClosed = new Promise<void>((resolve) => this.#server.close(() => resolve()))
-    await this.#options.connections.closeAll(LISTENER, grace, this.#options.log)
+    await this.#options.connections.closeAll(LISTENER, shutdown, this.#options.log)
     await serverClosed
   }
 

@@ -9,7 +9,7 @@ import type { AddressInfo, Socket } from 'node:net'
 import type { Duplex } from 'node:stream'
 import { WebSocketServer, type WebSocket } from 'ws'
 import { Connection, type ConnectionInfo, type ConnectionOptions } from '../bridge/connection.js'
-import type { ConnectionRegistry } from '../bridge/registry.js'
+import type { ConnectionRegistry, ShutdownPolicy } from '../bridge/registry.js'
 import { WebSocketClient } from '../bridge/websocket-client.js'
 import type { Config } from '../config/schema.js'
 import { listen } from '../listen.js'
@@ -183,16 +183,17 @@ export class EdgeServer {
   }
 
   /**
-   * Stops accepting, sends every open WebSocket 1001, waits up to `grace` ms for them to close,
-   * then cuts the rest.
+   * Stops accepting, says the shutdown goodbye to every open WebSocket (MQTT 5: DISCONNECT, then
+   * 1001; spread over shutdown.spread), waits up to `grace` ms for them to close, then cuts the
+   * rest.
    */
-  async close(grace: number): Promise<void> {
+  async close(shutdown: ShutdownPolicy): Promise<void> {
     this.#closing = true
     this.#connections.stopPings()
     this.#connections.stopConnectSweep()
     const serverClosed = new Promise<void>((resolve) => this.#server.close(() => resolve()))
     this.#server.closeIdleConnections()
-    await this.#connections.closeAll(this.scheme, grace, this.#log)
+    await this.#connections.closeAll(this.scheme, shutdown, this.#log)
     this.#server.closeAllConnections()
     await serverClosed
     this.#wss.close()
