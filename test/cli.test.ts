@@ -140,6 +140,24 @@ t.test('invalid config: exit 2 with one line naming the key', async (t) => {
       { DRAWBRIDGE_SHUTDOWN_GRACE: '10s', DRAWBRIDGE_SHUTDOWN_SPREAD: '10s' },
       /shutdown\.spread: \(10000 ms\) must be less than shutdown\.grace \(10000 ms\)/,
     ],
+    [
+      'connect mode without inspection',
+      ['check-config'],
+      { DRAWBRIDGE_UPSTREAM_CONNECT_ON: 'connect', DRAWBRIDGE_MQTT_INSPECT: 'false' },
+      /upstream\.connectOn: connect needs mqtt\.inspect=true/,
+    ],
+    [
+      'affinity without connect mode',
+      ['check-config'],
+      { DRAWBRIDGE_UPSTREAM_AFFINITY: 'clientId' },
+      /upstream\.affinity: clientId needs upstream\.connectOn=connect/,
+    ],
+    [
+      'connect mode without inspection, at start',
+      [],
+      { DRAWBRIDGE_UPSTREAM_CONNECT_ON: 'connect', DRAWBRIDGE_MQTT_INSPECT: 'false' },
+      /upstream\.connectOn: connect needs mqtt\.inspect=true/,
+    ],
     ['missing file', ['--config', join(dir, 'nope.json')], {}, /--config: file not found/],
     ['unknown profile', ['check-config', '--profile', 'staging'], {}, /profile: must be one of/],
   ]

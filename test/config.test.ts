@@ -132,6 +132,16 @@ t.test('errors are ConfigError with the key', async (t) => {
     [{ DRAWBRIDGE_SHUTDOWN_SPREAD: 'slowly' }, 'shutdown.spread'],
     [{ DRAWBRIDGE_SHUTDOWN_SERVER_REFERENCE: 'other\u0000host' }, 'shutdown.serverReference'],
     [{ DRAWBRIDGE_SHUTDOWN_SERVER_REFERENCE: 'x'.repeat(65_536) }, 'shutdown.serverReference'],
+    [
+      { DRAWBRIDGE_UPSTREAM_CONNECT_ON: 'connect', DRAWBRIDGE_MQTT_INSPECT: 'false' },
+      'upstream.connectOn',
+    ],
+    [{ DRAWBRIDGE_UPSTREAM_CONNECT_ON: 'publish' }, 'upstream.connectOn'],
+    [{ DRAWBRIDGE_UPSTREAM_AFFINITY: 'clientId' }, 'upstream.affinity'],
+    [
+      { DRAWBRIDGE_UPSTREAM_CONNECT_ON: 'connect', DRAWBRIDGE_UPSTREAM_AFFINITY: 'clientid' },
+      'upstream.affinity',
+    ],
   ]
   for (const [env, key] of cases) {
     try {
@@ -159,6 +169,13 @@ t.test('errors are ConfigError with the key', async (t) => {
     loadConfig({ env: { DRAWBRIDGE_SHUTDOWN_GRACE: '0' } }).config.shutdown.spread,
     0,
     'no spread (the default) needs no grace',
+  )
+  t.match(
+    loadConfig({
+      env: { DRAWBRIDGE_UPSTREAM_CONNECT_ON: 'connect', DRAWBRIDGE_UPSTREAM_AFFINITY: 'username' },
+    }).config.upstream,
+    { connectOn: 'connect', affinity: 'username' },
+    'affinity with connect mode (and mqtt.inspect, the default) is fine',
   )
   t.same(
     loadConfig({ env: { DRAWBRIDGE_WS_PING_INTERVAL: '0', DRAWBRIDGE_WS_PONG_TIMEOUT: '0' } })

@@ -114,6 +114,7 @@ function checkCrossKeyRules(config: Config): void {
   if (config.ws.pingInterval > 0 && config.ws.pongTimeout === 0) {
     throw new ConfigError('ws.pongTimeout', 'must be above 0 while ws.pingInterval is on')
   }
+  checkUpstreamModeRules(config)
   checkTlsRules(config)
   checkShutdownRules(config)
 }
@@ -132,6 +133,23 @@ function checkShutdownRules({ shutdown }: Config): void {
     throw new ConfigError(
       'shutdown.serverReference',
       `${problem}; it is sent as an MQTT UTF-8 string`,
+    )
+  }
+}
+
+// connect mode holds the CONNECT, so it needs the framer that reads it; affinity orders the
+// brokers from that CONNECT, so it needs connect mode.
+function checkUpstreamModeRules({ upstream, mqtt }: Config): void {
+  if (upstream.connectOn === 'connect' && !mqtt.inspect) {
+    throw new ConfigError(
+      'upstream.connectOn',
+      'connect needs mqtt.inspect=true (the CONNECT is read before the broker is dialled)',
+    )
+  }
+  if (upstream.affinity !== 'none' && upstream.connectOn !== 'connect') {
+    throw new ConfigError(
+      'upstream.affinity',
+      `${upstream.affinity} needs upstream.connectOn=connect (the broker is picked from the CONNECT)`,
     )
   }
 }

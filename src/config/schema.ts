@@ -97,7 +97,7 @@ export const schema = {
   },
   upstream: {
     brokers: {
-      doc: 'MQTT brokers (plain TCP) as host:port, tried in order for each new connection; the first that accepts is used.',
+      doc: 'MQTT brokers (plain TCP) as host:port, tried in order for each new connection (with upstream.affinity, in the order it picks for the client); the first that accepts is used.',
       format: 'host-port-list',
       default: ['127.0.0.1:1883'],
       env: 'DRAWBRIDGE_UPSTREAM_BROKERS',
@@ -107,6 +107,18 @@ export const schema = {
       format: 'duration',
       default: 5_000,
       env: 'DRAWBRIDGE_UPSTREAM_CONNECT_TIMEOUT',
+    },
+    connectOn: {
+      doc: "When the broker is dialled. upgrade: before the WebSocket 101 (an mqtts client: before any of its bytes are read), so a client whose broker is down is refused with HTTP 502/504 (mqtts: the TLS socket is closed). connect: after the client's CONNECT has been read and held (needs mqtt.inspect), so a client whose broker is down is answered in MQTT: CONNACK 3 Server unavailable (MQTT 3.1, 3.1.1) or 0x88 with a Reason String (MQTT 5), then WebSocket close 1013; and upstream.affinity can pick the broker from the CONNECT.",
+      format: ['upgrade', 'connect'],
+      default: 'upgrade',
+      env: 'DRAWBRIDGE_UPSTREAM_CONNECT_ON',
+    },
+    affinity: {
+      doc: 'With upstream.connectOn=connect, which CONNECT field orders upstream.brokers for a client: none (the configured order), clientId or username (rendezvous hashing of the field over the brokers, so the same value keeps reaching the same broker while it accepts; the next-ranked one when it refuses). An empty or missing field falls back to the configured order.',
+      format: ['none', 'clientId', 'username'],
+      default: 'none',
+      env: 'DRAWBRIDGE_UPSTREAM_AFFINITY',
     },
     embedded: {
       doc: 'Start an in-process Aedes broker on the first upstream.brokers address (development only; refused in the production profile).',
@@ -357,7 +369,13 @@ export interface RawConfig {
     requireOrigin: boolean
     handshakeTimeout: number
   }
-  upstream: { brokers: string[]; connectTimeout: number; embedded: boolean }
+  upstream: {
+    brokers: string[]
+    connectTimeout: number
+    connectOn: ConnectOn
+    affinity: Affinity
+    embedded: boolean
+  }
   tls: TlsConfig
   http: { diagnostics: boolean; trustedProxies: string[] }
   tcp: { enabled: boolean; port: number }
@@ -386,6 +404,12 @@ export interface Config extends Omit<RawConfig, 'ws' | 'upstream' | 'http'> {
 }
 
 export type ClientAuth = 'none' | 'optional' | 'required'
+
+/** upstream.connectOn: dial the broker before the WebSocket 101, or once the CONNECT is read. */
+export type ConnectOn = 'upgrade' | 'connect'
+
+/** upstream.affinity: the CONNECT field that picks a client's broker order (connect mode). */
+export type Affinity = 'none' | 'clientId' | 'username'
 
 export interface TlsConfig {
   enabled: boolean
