@@ -20,6 +20,8 @@ export interface ConnectOptions {
   signal?: AbortSignal
   /** Told about every attempt that ended (not those aborted by the client leaving). */
   onAttempt?: (attempt: ConnectAttempt) => void
+  /** Told about every socket as soon as it is created, before it has connected. */
+  onSocket?: (socket: net.Socket) => void
 }
 
 /** One broker connect attempt, for the upstream metrics. */
@@ -65,7 +67,7 @@ export async function connectUpstream(options: ConnectOptions): Promise<Upstream
     const seconds = (): number => (performance.now() - started) / 1000
     let socket: net.Socket
     try {
-      socket = await connectOne(broker, options.connectTimeout, options.signal)
+      socket = await connectOne(broker, options.connectTimeout, options.signal, options.onSocket)
     } catch (err) {
       if (options.signal?.aborted) throw err
       options.onAttempt?.({
@@ -93,15 +95,21 @@ export async function connectUpstream(options: ConnectOptions): Promise<Upstream
     : new UpstreamRefusedError(`no broker accepted the connection: ${summary}`)
 }
 
-function connectOne(broker: HostPort, timeout: number, signal?: AbortSignal): Promise<net.Socket> {
+function connectOne(
+  broker: HostPort,
+  timeout: number,
+  signal?: AbortSignal,
+  onSocket?: (socket: net.Socket) => void,
+): Promise<net.Socket> {
   return new Promise((resolve, reject) => {
     const socket = net.connect({ host: broker.host, port: broker.port, noDelay: true })
+    onSocket?.(socket)
     const timer = setTimeout(() => {
       fail(new UpstreamTimeoutError(`did not accept within ${timeout} ms`))
     }, timeout)
 
     const onAbort = (): void => {
-      fail(new UpstreamRefusedError('client went away during the upgrade'))
+      fail(new UpstreamRefusedError('the client went away while its broker was dialled'))
     }
     signal?.addEventListener('abort', onAbort, { once: true })
     if (signal?.aborted === true) onAbort()
@@ -157,11 +165,23 @@ export class BrokerConnector {
     this.#idleWaiters = []
   }
 
+  // Counted from creation, not from 'connect': a socket still dialling when its client leaves
+  // must be seen closing too, or a leak of one would go unnoticed.
+  readonly #onSocket = (socket: net.Socket): void => {
+    this.#open++
+    socket.once('close', this.#onSocketClose)
+  }
+
   constructor(options: BrokerConnectorOptions) {
     this.#options = options
   }
 
-  /** Broker sockets opened here that have not closed yet. */
+  /** The configured brokers, in the configured order. */
+  get brokers(): readonly HostPort[] {
+    return this.#options.brokers
+  }
+
+  /** Broker sockets opened here, connecting or connected, that have not closed yet. */
   get openSockets(): number {
     return this.#open
   }
@@ -185,23 +205,33 @@ export class BrokerConnector {
     client.once('close', onGone)
     client.on('error', onGone)
     try {
-      const upstream = await connectUpstream({
-        brokers: this.#options.brokers,
-        connectTimeout: this.#options.connectTimeout,
-        signal: abort.signal,
-        ...(this.#options.onAttempt && { onAttempt: this.#options.onAttempt }),
-      })
-      this.#open++
-      upstream.socket.once('close', this.#onSocketClose)
-      return { ok: true, upstream }
-    } catch (err) {
-      if (abort.signal.aborted) return { ok: false, clientLeft: true }
-      if (err instanceof UpstreamError) return { ok: false, clientLeft: false, error: err }
-      throw err
+      return await this.dial(this.#options.brokers, abort.signal)
     } finally {
       client.removeListener('end', onGone)
       client.removeListener('close', onGone)
       client.removeListener('error', onGone)
+    }
+  }
+
+  /**
+   * Connects the first of `brokers` that accepts (upstream.connectOn=connect, where the
+   * Connection knows when its client leaves and aborts `signal`; the brokers may be in the
+   * order upstream.affinity picked). An aborted attempt's socket is destroyed.
+   */
+  async dial(brokers: readonly HostPort[], signal: AbortSignal): Promise<ClientConnectOutcome> {
+    try {
+      const upstream = await connectUpstream({
+        brokers,
+        connectTimeout: this.#options.connectTimeout,
+        signal,
+        onSocket: this.#onSocket,
+        ...(this.#options.onAttempt && { onAttempt: this.#options.onAttempt }),
+      })
+      return { ok: true, upstream }
+    } catch (err) {
+      if (signal.aborted) return { ok: false, clientLeft: true }
+      if (err instanceof UpstreamError) return { ok: false, clientLeft: false, error: err }
+      throw err
     }
   }
 }
