@@ -39,7 +39,10 @@ export interface Gateway {
   brokers: readonly HostPort[]
   /** The open connections of every listener (WebSocket and mqtts). */
   connections: ConnectionRegistry
-  /** Broker sockets opened for clients that are still open (0 once every client is gone). */
+  /**
+   * Broker sockets opened for clients, connecting or connected, that are still open (0 once
+   * every client is gone).
+   */
   readonly brokerSocketsOpen: number
   /** Resolves once every broker socket opened for a client has closed. */
   whenBrokerSocketsClosed: () => Promise<void>
@@ -140,6 +143,7 @@ export async function startGateway(config: Config, deps: GatewayDeps): Promise<G
     http: config.http,
     limits: config.limits,
     mqtt: config.mqtt,
+    upstream: config.upstream,
     connections,
     connector,
     log,
@@ -167,6 +171,7 @@ export async function startGateway(config: Config, deps: GatewayDeps): Promise<G
         maxConnections: config.limits.maxConnections,
         highWaterMark: config.limits.highWaterMark,
         mqtt: config.mqtt,
+        upstream: config.upstream,
         connections,
         connector,
         tls,

@@ -82,12 +82,18 @@ const MQTT5_CONNACK_CODES = new Set([
   0x99, 0x9a, 0x9b, 0x9c, 0x9d, 0x9f,
 ])
 
-/** Why an MQTT guard closed a connection. */
-export type MqttRefusalReason = 'connect_timeout' | 'packet_too_large'
+/**
+ * Why an MQTT guard closed a connection, or (upstream.connectOn=connect) why its CONNECT was
+ * answered with a CONNACK "Server unavailable": no broker accepted, or one did not answer.
+ */
+export type MqttRefusalReason =
+  'connect_timeout' | 'packet_too_large' | 'upstream_refused' | 'upstream_timeout'
 
 const MQTT_REFUSAL_REASONS = [
   'connect_timeout',
   'packet_too_large',
+  'upstream_refused',
+  'upstream_timeout',
 ] as const satisfies readonly MqttRefusalReason[]
 
 /** The plain-number counters a live connection keeps; read at scrape time only. */
@@ -225,7 +231,7 @@ export class Metrics {
 
     new Gauge({
       name: name(METRIC.connectionsActive),
-      help: 'Open client connections (WebSocket, and mqtts when tcp.enabled) bridged to a broker, by listener.',
+      help: 'Open client connections (WebSocket, and mqtts when tcp.enabled), by listener: bridged to a broker, or (upstream.connectOn=connect) waiting for their CONNECT or its broker.',
       labelNames: ['listener'],
       registers,
       collect() {
@@ -236,7 +242,7 @@ export class Metrics {
     })
     this.#connectionsTotal = new Counter({
       name: name(METRIC.connectionsTotal),
-      help: 'Client connections accepted since start (a WebSocket once its 101 is sent, an mqtts client once its broker is connected), by listener.',
+      help: 'Client connections accepted since start (a WebSocket once its 101 is sent, an mqtts client once admitted: with its broker connected, or in connect mode before), by listener.',
       labelNames: ['listener'],
       registers,
     })
@@ -364,7 +370,7 @@ export class Metrics {
     }
     this.#mqttRefusals = new Counter({
       name: name(METRIC.mqttRefusals),
-      help: 'Connections closed by an MQTT guard (mqtt.inspect), by reason (connect_timeout: no CONNECT within mqtt.connectTimeout, closed 1008; packet_too_large: a client packet over mqtt.maxPacketSize, closed 1009).',
+      help: 'Connections closed by an MQTT guard (mqtt.inspect), by reason (connect_timeout: no CONNECT within mqtt.connectTimeout, closed 1008; packet_too_large: a client packet over mqtt.maxPacketSize, closed 1009), or, with upstream.connectOn=connect, answered CONNACK Server unavailable and closed 1013 (upstream_refused: no broker accepted; upstream_timeout: one did not answer in upstream.connectTimeout).',
       labelNames: ['reason'],
       registers,
     })

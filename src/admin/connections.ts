@@ -22,7 +22,8 @@ export interface ConnectionView {
     cipher: string
     clientCert: ClientCertInfo | null
   } | null
-  broker: string
+  /** host:port of the broker; null while it is being dialled (upstream.connectOn=connect). */
+  broker: string | null
   openedAt: string
   durationSeconds: number
   lastActivity: string
@@ -57,7 +58,7 @@ export function describeConnection(c: Connection, now = Date.now()): ConnectionV
     tls: c.tls
       ? { version: c.tls.protocol, cipher: c.tls.cipher, clientCert: c.tls.clientCert ?? null }
       : null,
-    broker: c.broker,
+    broker: c.broker ?? null,
     openedAt: new Date(c.openedAt).toISOString(),
     durationSeconds: (now - c.openedAt) / 1000,
     lastActivity: new Date(c.lastActivity).toISOString(),

@@ -23,6 +23,11 @@ export const CloseCode = {
   /** The broker connection failed (reset, error), or the broker sent a malformed MQTT packet. */
   INTERNAL_ERROR: 1011,
   /**
+   * upstream.connectOn=connect: no broker accepted the connection dialled after the client's
+   * CONNECT; the client was sent a CONNACK "Server unavailable" first.
+   */
+  TRY_AGAIN_LATER: 1013,
+  /**
    * Never sent (RFC 6455 7.4.1 forbids it on the wire): logged and counted when a connection was
    * cut without a close frame (no pong in time, shutdown grace over, the client vanished).
    */
@@ -52,6 +57,8 @@ export const CloseReason = {
   connectTimeout: 'no MQTT CONNECT within mqtt.connectTimeout',
   /** A client packet over mqtt.maxPacketSize (MESSAGE_TOO_BIG). */
   packetTooLarge: 'MQTT packet larger than mqtt.maxPacketSize',
+  /** No broker for the held CONNECT (TRY_AGAIN_LATER), after the CONNACK that says why. */
+  tryAgainLater: 'try again later',
   malformed: (message: string): string => fitCloseReason(message),
 } as const
 

@@ -9,18 +9,30 @@
 // from the client it closes the connection with 1002, from the broker with 1011, both with the
 // framer's message as the reason. Without it no framer is allocated and the pipe is blind.
 //
+// The broker socket is there from the start (upstream.connectOn=upgrade: the admission dialled
+// it before the client was let in), or it comes later (connect): the client's bytes are held
+// until its CONNECT has been read, the broker is dialled for it, and the held bytes are written
+// first, unchanged. When no broker accepts, the client is answered in MQTT (a CONNACK "Server
+// unavailable") and closed with 1013; when the client leaves first, the dial is aborted.
+//
 // Memory per connection is bounded in both directions:
 // - client -> broker: when the broker socket's write buffer passes highWaterMark, the client
 //   side stops reading (ws.pause() stops the TCP socket) until 'drain'.
 // - broker -> client: when the client side's buffered amount would pass highWaterMark, the
 //   broker socket stops reading until the buffer is down to about half the mark.
 import type { Socket } from 'node:net'
+import { performance } from 'node:perf_hooks'
+import type { Affinity } from '../config/schema.js'
+import type { UpstreamError } from '../errors.js'
 import type { Logger } from '../log.js'
 import type { Metrics } from '../metrics.js'
+import { serverUnavailableCode, serverUnavailableConnack } from '../mqtt/connack.js'
 import type { ConnackInfo, ConnectInfo } from '../mqtt/connect.js'
 import { MqttFramer, type FramerEvents } from '../mqtt/framer.js'
 import type { MqttMalformedError } from '../mqtt/errors.js'
 import type { PacketTypeValue } from '../mqtt/packet.js'
+import { brokerOrder } from '../upstream/affinity.js'
+import type { BrokerConnector, ClientConnectOutcome, Upstream } from '../upstream/connector.js'
 import type { ClientEvents, ClientSide } from './client-side.js'
 import { CloseCode, CloseReason, type CloseCodeValue, type Initiator } from './close-codes.js'
 import { Goodbyes, type Goodbye } from './goodbyes.js'
@@ -79,7 +91,6 @@ export interface ConnectionInfo {
   origin?: string | undefined
   /** The negotiated WebSocket subprotocol; false when none was (and always on mqtts). */
   protocol: string | false
-  broker: string
   /** Absent on plain ws:// connections. */
   tls?: ConnectionTls
 }
@@ -99,9 +110,18 @@ function subprotocolMatches(protocol: string, level: number): boolean {
   return true
 }
 
+/** upstream.connectOn=connect: where a connection gets its broker once its CONNECT is read. */
+export interface BrokerDial {
+  connector: BrokerConnector
+  /** upstream.affinity: the CONNECT field that orders the brokers. */
+  affinity: Affinity
+}
+
 export interface ConnectionOptions {
   highWaterMark: number
   mqtt: MqttInspection
+  /** Set in connect mode (the connections come without a broker socket), else undefined. */
+  dial: BrokerDial | undefined
   /** Counts what the framers find (malformed packets); the byte counts stay plain fields. */
   metrics: Metrics
   /** The connection logs through a child of it that names the connection and its listener. */
@@ -154,7 +174,8 @@ export class Connection implements ClientEvents, FramerEvents {
   readonly forwarded: boolean
   readonly origin: string | undefined
   readonly protocol: string | false
-  readonly broker: string
+  /** host:port of the broker; undefined until one has accepted (connect mode). */
+  broker: string | undefined
   readonly tls: ConnectionTls | undefined
   readonly openedAt = Date.now()
 
@@ -181,7 +202,13 @@ export class Connection implements ClientEvents, FramerEvents {
   closed: CloseSummary | undefined
 
   readonly #client: ClientSide
-  readonly #upstream: Socket
+  /** The broker socket; undefined until a broker has accepted (connect mode). */
+  #upstream: Socket | undefined
+  /** Connect mode: the dial in flight, aborted when the connection closes first. */
+  #dial: AbortController | undefined
+  /** Connect mode: the client's bytes, in order, until the broker is there to take them. */
+  #held: Buffer[] | undefined
+  #heldBytes = 0
   readonly #options: ConnectionOptions
   readonly #log: Logger
   #pingSentAt = 0
@@ -210,12 +237,17 @@ export class Connection implements ClientEvents, FramerEvents {
   #awaitedGoodbye: Goodbye | undefined
   #goodbyeTimer: NodeJS.Timeout | undefined
 
+  /** `upstream` is the broker the admission connected; undefined in connect mode. */
   constructor(
     client: ClientSide,
-    upstream: Socket,
+    upstream: Upstream | undefined,
     info: ConnectionInfo,
     options: ConnectionOptions,
   ) {
+    if (upstream === undefined && (options.dial === undefined || !options.mqtt.inspect)) {
+      // Without a dial, or without the framer that reads the CONNECT, nothing would connect it.
+      throw new TypeError('a connection without a broker needs connect mode and mqtt.inspect')
+    }
     this.id = info.id
     this.listener = info.listener
     this.remoteAddress = info.remoteAddress
@@ -223,10 +255,8 @@ export class Connection implements ClientEvents, FramerEvents {
     this.forwarded = info.forwarded
     this.origin = info.origin
     this.protocol = info.protocol
-    this.broker = info.broker
     this.tls = info.tls
     this.#client = client
-    this.#upstream = upstream
     this.#options = options
     this.#log = options.log.child({ conn: this.id, listener: this.listener })
     if (options.mqtt.inspect) {
@@ -237,12 +267,7 @@ export class Connection implements ClientEvents, FramerEvents {
       this.packetsToClient = new Array<number>(16).fill(0)
     }
 
-    ;(upstream as unknown as Owned)[OWNER] = this
-    upstream.on('data', Connection.#onBrokerData)
-    upstream.on('end', Connection.#onBrokerEnd)
-    upstream.on('error', Connection.#onBrokerError)
-    upstream.on('close', Connection.#onBrokerClose)
-    upstream.on('drain', Connection.#onBrokerDrain)
+    if (upstream !== undefined) this.#bindUpstream(upstream)
     client.bind(this)
 
     this.#log.info(
@@ -281,8 +306,9 @@ export class Connection implements ClientEvents, FramerEvents {
     this.#log.warn({ timeoutMs: timeout }, 'no CONNECT within mqtt.connectTimeout; closing')
     this.#options.metrics.mqttRefused('connect_timeout')
     this.close(CloseCode.POLICY_VIOLATION, CloseReason.connectTimeout, 'gateway')
-    // Nothing of a partial CONNECT was forwarded (the framer holds it until it is whole).
-    this.#upstream.destroy()
+    // Nothing of a partial CONNECT was forwarded (the framer holds it until it is whole). In
+    // connect mode there is no broker socket yet, and none will be dialled.
+    this.#upstream?.destroy()
   }
 
   // ---- the framers' events (client side here; broker side through BrokerFramerEvents) -------
@@ -315,6 +341,7 @@ export class Connection implements ClientEvents, FramerEvents {
       )
       this.#options.metrics.mqttSubprotocolMismatch(this.protocol, info.level)
     }
+    if (this.#upstream === undefined && !this.closing) this.#dialBroker(info)
   }
 
   /** A broker packet's header was read; false (stop before it) once a goodbye is waiting. */
@@ -353,6 +380,7 @@ export class Connection implements ClientEvents, FramerEvents {
       return
     }
     this.#pending ??= { code, initiator, reason }
+    this.#letGoOfDial()
     this.#client.close(code, reason)
   }
 
@@ -418,6 +446,7 @@ export class Connection implements ClientEvents, FramerEvents {
   terminate(reason: string): void {
     this.#endGoodbyeWait()
     this.#pending ??= { code: CloseCode.ABNORMAL, initiator: 'gateway', reason }
+    this.#letGoOfDial()
     this.#client.terminate()
   }
 
@@ -458,19 +487,24 @@ export class Connection implements ClientEvents, FramerEvents {
   }
 
   #toBroker(data: Buffer): void {
+    const upstream = this.#upstream
+    if (upstream === undefined) {
+      this.#hold(data)
+      return
+    }
     this.bytesToBroker += data.length
     // ws emits every frame of one socket read in the same tick: cork so they reach the broker
     // in one writev instead of one syscall per frame (the byte stream is unchanged).
     if (!this.#corked) {
       this.#corked = true
-      this.#upstream.cork()
+      upstream.cork()
       process.nextTick(Connection.#uncorkUpstream, this)
     }
     // Pause at limits.highWaterMark, not at the socket's own 16 KiB mark. Only when write()
     // also said false: that is what makes the socket emit the 'drain' that resumes us.
     if (
-      !this.#upstream.write(data) &&
-      this.#upstream.writableLength >= this.#options.highWaterMark &&
+      !upstream.write(data) &&
+      upstream.writableLength >= this.#options.highWaterMark &&
       !this.pausedToBroker
     ) {
       this.pausedToBroker = true
@@ -529,11 +563,17 @@ export class Connection implements ClientEvents, FramerEvents {
     const summary = this.#pending ?? { code, initiator: 'client', reason }
     // A client side without close codes (mqtts) was never sent the one a gateway close names.
     this.closed = this.#client.framed ? summary : { ...summary, code: undefined }
-    // end(), not destroy(): bytes the client sent last (an MQTT DISCONNECT) must still reach
-    // the broker. A broker that keeps its side open is cut after a short wait.
-    this.#upstream.end()
-    this.#halfOpenTimer = setTimeout(Connection.#destroyUpstream, HALF_OPEN_TIMEOUT_MS, this)
-    this.#halfOpenTimer.unref()
+    const upstream = this.#upstream
+    if (upstream === undefined) {
+      // Connect mode, no broker yet: a dial in flight is aborted, and its end finishes us.
+      this.#letGoOfDial()
+    } else {
+      // end(), not destroy(): bytes the client sent last (an MQTT DISCONNECT) must still reach
+      // the broker. A broker that keeps its side open is cut after a short wait.
+      upstream.end()
+      this.#halfOpenTimer = setTimeout(Connection.#destroyUpstream, HALF_OPEN_TIMEOUT_MS, this)
+      this.#halfOpenTimer.unref()
+    }
     this.#finishIfBothClosed()
   }
 
@@ -559,13 +599,14 @@ export class Connection implements ClientEvents, FramerEvents {
     ownerOf(this).#brokerClose()
   }
 
+  // Both run only once the broker socket is there: #toBroker corks it, clientClosed ends it.
   static #uncorkUpstream(connection: Connection): void {
     connection.#corked = false
-    connection.#upstream.uncork()
+    connection.#upstream?.uncork()
   }
 
   static #destroyUpstream(connection: Connection): void {
-    connection.#upstream.destroy()
+    connection.#upstream?.destroy()
   }
 
   #brokerDrain(): void {
@@ -618,7 +659,7 @@ export class Connection implements ClientEvents, FramerEvents {
     if (!this.pausedToClient) {
       this.pausedToClient = true
       this.pausesToClient++
-      this.#upstream.pause()
+      this.#upstream?.pause() // broker bytes come only from the broker socket
     }
     if (this.#lowWaterPending) this.#client.send(chunk)
     else this.#sendWithLowWater(chunk)
@@ -634,7 +675,7 @@ export class Connection implements ClientEvents, FramerEvents {
     this.#lowWaterPending = false
     if (err instanceof Error || !this.pausedToClient) return
     this.pausedToClient = false
-    this.#upstream.resume()
+    this.#upstream?.resume()
   }
 
   #brokerError(err: NodeJS.ErrnoException): void {
@@ -653,8 +694,129 @@ export class Connection implements ClientEvents, FramerEvents {
     this.#finishIfBothClosed()
   }
 
+  // ---- connect mode: the broker arrives after the CONNECT ----------------------------------
+
+  #bindUpstream({ socket, broker }: Upstream): void {
+    this.#upstream = socket
+    this.broker = broker
+    ;(socket as unknown as Owned)[OWNER] = this
+    socket.on('data', Connection.#onBrokerData)
+    socket.on('end', Connection.#onBrokerEnd)
+    socket.on('error', Connection.#onBrokerError)
+    socket.on('close', Connection.#onBrokerClose)
+    socket.on('drain', Connection.#onBrokerDrain)
+  }
+
+  // Called from inside the framer's push(): the CONNECT's bytes are held by #toBroker as soon
+  // as push() returns, long before a dial can answer.
+  #dialBroker(info: ConnectInfo): void {
+    const dial = this.#options.dial as BrokerDial // the constructor checked it is set
+    const abort = new AbortController()
+    this.#dial = abort
+    const started = performance.now()
+    const order = brokerOrder(dial.connector.brokers, dial.affinity, info)
+    dial.connector.dial(order, abort.signal).then(
+      (outcome) => this.#dialled(outcome, performance.now() - started),
+      // Only a fault of the gateway's own lands here (the attempt hook threw): log it, and let
+      // the client go the way a refusal does rather than leave it waiting.
+      (err: unknown) => {
+        this.#log.error({ err }, 'broker dial failed')
+        this.#dial = undefined
+        this.close(CloseCode.INTERNAL_ERROR, CloseReason.upstreamError('internal'), 'gateway')
+        this.#finishIfBothClosed()
+      },
+    )
+  }
+
+  #dialled(outcome: ClientConnectOutcome, ms: number): void {
+    this.#dial = undefined
+    if (this.closing) {
+      // The client left, or was closed, while the dial was on its way: nobody to bridge to.
+      if (outcome.ok) outcome.upstream.socket.destroy()
+      this.#finishIfBothClosed()
+      return
+    }
+    if (outcome.ok) {
+      this.#bindUpstream(outcome.upstream)
+      this.#log.info(
+        { broker: outcome.upstream.broker, connectMs: Math.round(ms) },
+        'broker connected',
+      )
+      this.#writeHeld(outcome.upstream.socket)
+    } else if (!outcome.clientLeft) {
+      this.#refuseConnect(outcome.error)
+    }
+  }
+
+  // Before the broker is there the CONNECT and whatever follows it are kept, in order, to be
+  // written first and unchanged; past limits.highWaterMark the client is paused, so what is
+  // held stays bounded. Once a close has begun they have nowhere to go.
+  #hold(data: Buffer): void {
+    if (this.closing) return
+    ;(this.#held ??= []).push(data)
+    this.#heldBytes += data.length
+    if (this.#heldBytes >= this.#options.highWaterMark && !this.pausedToBroker) {
+      this.pausedToBroker = true
+      this.pausesToBroker++
+      this.#client.pause()
+      this.#log.debug(
+        { held: this.#heldBytes },
+        'no broker yet; client paused at limits.highWaterMark',
+      )
+    }
+  }
+
+  #writeHeld(upstream: Socket): void {
+    const held = this.#held ?? []
+    this.#held = undefined
+    this.#heldBytes = 0
+    for (const chunk of held) this.#toBroker(chunk)
+    // Paused while holding: go on reading now, unless these writes filled the broker socket;
+    // then its 'drain' resumes the client, as in #brokerDrain.
+    if (this.pausedToBroker && !upstream.writableNeedDrain) {
+      this.pausedToBroker = false
+      this.#client.resume()
+    }
+  }
+
+  // The connection is closing before it had a broker: stop the dial (its end finishes the
+  // close) and drop what was held. A client paused for holding is read again, so its answer to
+  // the close (a close frame, a FIN) is seen.
+  #letGoOfDial(): void {
+    if (this.#upstream !== undefined) return
+    this.#dial?.abort()
+    this.#held = undefined
+    this.#heldBytes = 0
+    if (this.pausedToBroker) {
+      this.pausedToBroker = false
+      this.#client.resume()
+    }
+  }
+
+  // No broker accepted: the client is told in MQTT, in a CONNACK its library can show (return
+  // code 3 below MQTT 5; reason 0x88 with the cause as Reason String at 5), then closed with
+  // 1013. Logged and counted as the 502/504 of upgrade mode are; each failed attempt is in
+  // upstream_errors_total already.
+  #refuseConnect(error: UpstreamError): void {
+    const session = this.mqtt as MqttSession // the CONNECT was read: that is what dialled
+    this.#log.warn(
+      {
+        reason: error.reason,
+        detail: error.message,
+        clientId: session.clientId,
+        protocolLevel: session.protocolLevel,
+        connackCode: serverUnavailableCode(session.protocolLevel),
+      },
+      'no broker accepted the connection; answered with CONNACK Server unavailable',
+    )
+    this.#options.metrics.mqttRefused(error.reason)
+    this.#client.send(serverUnavailableConnack(session.protocolLevel, error.message))
+    this.close(CloseCode.TRY_AGAIN_LATER, CloseReason.tryAgainLater, 'gateway')
+  }
+
   #finishIfBothClosed(): void {
-    if (this.closed === undefined || !this.#upstream.destroyed) return
+    if (this.closed === undefined || this.#dial !== undefined) return
+    if (this.#upstream !== undefined && !this.#upstream.destroyed) return
     if (this.#finished) return
     this.#finished = true
     this.#log.info(

@@ -5,8 +5,13 @@
 //
 // A step may take a resource for the client (a capacity slot, the broker socket): what it takes
 // is given back by the runner when a later step refuses, and the broker socket is destroyed.
+//
+// With upstream.connectOn=connect the lists have no broker step: the client is let in without a
+// broker, and its Connection dials one once the client's CONNECT has been read.
 import type { IncomingMessage } from 'node:http'
 import type { Duplex } from 'node:stream'
+import type { BrokerDial } from '../bridge/connection.js'
+import type { Config, ConnectOn } from '../config/schema.js'
 import type { BrokerConnector, Upstream } from '../upstream/connector.js'
 import { validateUpgrade, type HandshakePolicy } from './handshake.js'
 import { Refusals, type Refusal } from './refusals.js'
@@ -83,6 +88,8 @@ export interface StepOptions {
   closing: () => boolean
   capacity: Capacity
   connector: BrokerConnector
+  /** upstream.connectOn: connect leaves the broker step (and the checks after it) out. */
+  connectOn: ConnectOn
 }
 
 /** A WebSocket upgrade, decided before the 101 is sent. */
@@ -94,10 +101,7 @@ export function websocketSteps(
     notShuttingDown(options.closing),
     validRequest(options.policy),
     underCapacity(options.capacity),
-    brokerConnected(options.connector),
-    clientStillThere(),
-    // Shutdown may have begun while the broker connect was awaited.
-    notShuttingDown(options.closing),
+    ...brokerFirst(options),
   ]
 }
 
@@ -107,10 +111,28 @@ export function mqttsSteps(options: StepOptions & { tls: TlsManager }): Step<Adm
     trustedClientCertificate(options.tls),
     notShuttingDown(options.closing),
     underCapacity(options.capacity),
-    brokerConnected(options.connector),
-    clientStillThere(),
-    notShuttingDown(options.closing),
+    ...brokerFirst(options),
   ]
+}
+
+/**
+ * upgrade mode: the broker connect, then what its wait calls for checking again: the client is
+ * still there, and shutdown has not begun meanwhile. connect mode: nothing, nobody waits here.
+ */
+function brokerFirst(options: StepOptions): Step<Admission>[] {
+  if (options.connectOn === 'connect') return []
+  return [brokerConnected(options.connector), clientStillThere(), notShuttingDown(options.closing)]
+}
+
+/**
+ * What the listeners' Connections are given to dial their broker in connect mode, where the
+ * lists above have no broker step; undefined in upgrade mode, where the admission dialled it.
+ */
+export function connectDial(
+  upstream: Pick<Config['upstream'], 'connectOn' | 'affinity'>,
+  connector: BrokerConnector,
+): BrokerDial | undefined {
+  return upstream.connectOn === 'connect' ? { connector, affinity: upstream.affinity } : undefined
 }
 
 // ---- the steps --------------------------------------------------------------------------

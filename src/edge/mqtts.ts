@@ -15,7 +15,7 @@ import { listen } from '../listen.js'
 import type { Logger } from '../log.js'
 import type { Metrics } from '../metrics.js'
 import type { BrokerConnector } from '../upstream/connector.js'
-import { admit, Capacity, mqttsSteps, type Admission, type Step } from './admission.js'
+import { admit, Capacity, connectDial, mqttsSteps, type Admission, type Step } from './admission.js'
 import { peerAddress } from './client-address.js'
 import { Refusals, Refuser } from './refusals.js'
 import type { TlsManager } from './tls.js'
@@ -30,6 +30,8 @@ export interface MqttsOptions {
   highWaterMark: number
   /** mqtt.*: what the connections' framers check. */
   mqtt: Config['mqtt']
+  /** upstream.connectOn and upstream.affinity: when and where the broker is dialled. */
+  upstream: Pick<Config['upstream'], 'connectOn' | 'affinity'>
   connections: ConnectionRegistry
   connector: BrokerConnector
   tls: TlsManager
@@ -59,11 +61,13 @@ export class MqttsListener {
       closing: () => this.#closing,
       capacity: new Capacity(options.maxConnections, () => options.connections.sizeOf(LISTENER)),
       connector: options.connector,
+      connectOn: options.upstream.connectOn,
     })
     this.#refuse = new Refuser({ log: options.log, metrics: options.metrics })
     this.#connectionOptions = {
       highWaterMark: options.highWaterMark,
       mqtt: options.mqtt,
+      dial: connectDial(options.upstream, options.connector),
       metrics: options.metrics,
       log: options.log,
       onClose: (closed) => {
@@ -94,7 +98,7 @@ export class MqttsListener {
   }
 
   readonly #onClient = (client: tls.TLSSocket): void => {
-    // Nothing reaches the broker before it is connected and the client admitted.
+    // Nothing is read before the client is admitted (and, in upgrade mode, its broker connected).
     client.pause()
     this.#admit(client).catch((err: unknown) => {
       this.#options.log.error(
@@ -119,12 +123,12 @@ export class MqttsListener {
 
   #accept(client: tls.TLSSocket, admission: Admission): void {
     const upstream = admission.upstream
-    if (upstream === undefined)
+    if (upstream === undefined && this.#connectionOptions.dial === undefined)
       throw new Error('admitted an mqtts client without a broker connection')
     const verdict = this.#options.tls.verdict(client)
     const connection = new Connection(
       new StreamClient(client),
-      upstream.socket,
+      upstream,
       {
         id: `${this.#idPrefix}-${(++this.#nextId).toString(36)}`,
         listener: LISTENER,
@@ -132,7 +136,6 @@ export class MqttsListener {
         clientAddress: client.remoteAddress ?? 'unknown',
         forwarded: false,
         protocol: false,
-        broker: upstream.broker,
         ...(verdict && { tls: verdict.tls }),
       },
       this.#connectionOptions,

@@ -1,6 +1,6 @@
 // The public listener: an HTTP server (HTTPS when tls.enabled) whose only job is to decide
-// WebSocket upgrades and hand each accepted one, with its already-open broker socket, to a
-// bridge Connection. What decides an upgrade is the list of steps in admission.ts; what a
+// WebSocket upgrades and hand each accepted one, with its already-open broker socket (or, with
+// upstream.connectOn=connect, none yet), to a bridge Connection. What decides an upgrade is the list of steps in admission.ts; what a
 // refused client is told is the catalogue in refusals.ts.
 import { randomBytes } from 'node:crypto'
 import http from 'node:http'
@@ -20,6 +20,7 @@ import {
   admit,
   Capacity,
   clientCertificateRefusal,
+  connectDial,
   websocketSteps,
   type Step,
   type Upgrade,
@@ -43,6 +44,8 @@ export interface EdgeOptions {
   limits: Config['limits']
   /** mqtt.*: what the connections' framers check. */
   mqtt: Config['mqtt']
+  /** upstream.connectOn and upstream.affinity: when and where the broker is dialled. */
+  upstream: Pick<Config['upstream'], 'connectOn' | 'affinity'>
   /** The connections of every listener; this one adds its own. */
   connections: ConnectionRegistry
   connector: BrokerConnector
@@ -97,11 +100,13 @@ export class EdgeServer {
         options.connections.sizeOf(this.scheme),
       ),
       connector: options.connector,
+      connectOn: options.upstream.connectOn,
     })
     this.#clientAddresses = new ClientAddressResolver(options.http.trustedProxies)
     this.#connectionOptions = {
       highWaterMark: options.limits.highWaterMark,
       mqtt: options.mqtt,
+      dial: connectDial(options.upstream, options.connector),
       metrics: options.metrics,
       log: options.log,
       onClose: (closed) => {
@@ -278,7 +283,8 @@ export class EdgeServer {
   #accept(upgrade: Upgrade, head: Buffer): void {
     const { req, socket, protocol } = upgrade
     const upstream = upgrade.upstream
-    if (upstream === undefined) throw new Error('accepted an upgrade without a broker connection')
+    if (upstream === undefined && this.#connectionOptions.dial === undefined)
+      throw new Error('accepted an upgrade without a broker connection')
     // The last step checked the socket can read and write, so ws calls back at once, unless it
     // refuses the request itself (it answers and destroys the socket without calling back).
     let handedOver = false
@@ -287,7 +293,7 @@ export class EdgeServer {
       handedOver = true
       const connection = new Connection(
         new WebSocketClient(ws),
-        upstream.socket,
+        upstream,
         {
           id: `${this.#idPrefix}-${(++this.#nextId).toString(36)}`,
           listener: this.scheme,
@@ -295,7 +301,6 @@ export class EdgeServer {
           ...this.#clientOf(req),
           origin: req.headers.origin,
           protocol,
-          broker: upstream.broker,
           ...this.#tlsDetails(req.socket),
         },
         this.#connectionOptions,
@@ -307,7 +312,7 @@ export class EdgeServer {
     // (The rule cannot see the callback above set it.)
     // eslint-disable-next-line @typescript-eslint/no-unnecessary-condition
     if (!handedOver) {
-      upstream.socket.destroy()
+      upstream?.socket.destroy()
       this.#log.warn({ remote: peerAddress(req.socket), path: req.url }, 'ws refused the upgrade')
     }
   }

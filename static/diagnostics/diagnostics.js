@@ -22,7 +22,7 @@
     0: 'accepted',
     1: 'refused: unacceptable protocol version (the broker does not speak MQTT 3.1.1)',
     2: 'refused: client identifier rejected',
-    3: 'refused: server unavailable',
+    3: 'refused: server unavailable (with upstream.connectOn=connect: the gateway reached no broker)',
     4: 'refused: bad user name or password',
     5: 'refused: not authorized (the broker wants credentials; the path to it works)',
   }
@@ -173,6 +173,7 @@
     1008: 'policy violation (closed by an operator or a rule)',
     1009: 'message too big',
     1011: 'server error (the broker connection failed)',
+    1013: 'try again later (no broker accepted the connection the gateway opened for the CONNECT)',
   }
 
   function describeClose(closed) {
