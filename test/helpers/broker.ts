@@ -92,6 +92,59 @@ async function startMosquitto(): Promise<TestBroker> {
   }
 }
 
+/** A Mosquitto whose log says which clients it accepted: the broker's own view of affinity. */
+export interface LoggingMosquitto {
+  port: number
+  /** Client ids in the order Mosquitto logged "New client connected ... as <id>". */
+  readonly connects: readonly string[]
+  /** Calls `listener` after every connect logged from now on; returns the unsubscribe. */
+  onConnect: (listener: () => void) => () => void
+  /** SIGTERM, resolved once it has exited (its port then refuses connections). */
+  stop: () => Promise<void>
+}
+
+const NEW_CLIENT = /New client connected from \S+ as (\S+) \(/
+
+export async function startLoggingMosquitto(t: Teardown): Promise<LoggingMosquitto> {
+  if (MOSQUITTO === undefined) throw new Error('mosquitto is not installed')
+  const port = await freePort()
+  const child = spawn(MOSQUITTO, ['-c', writeMosquittoConf(port)], {
+    stdio: ['ignore', 'ignore', 'pipe'],
+  })
+  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()))
+  const stop = async (): Promise<void> => {
+    if (child.exitCode === null && child.signalCode === null) child.kill('SIGTERM')
+    await exited
+  }
+  t.teardown(stop)
+  const connects: string[] = []
+  const listeners = new Set<() => void>()
+  let partial = ''
+  // Added before waitForOutput's listener, so no line is missed; this one stays.
+  child.stderr.on('data', (chunk: Buffer) => {
+    const lines = (partial + chunk.toString()).split('\n')
+    partial = lines.pop() ?? ''
+    let found = false
+    for (const line of lines) {
+      const id = NEW_CLIENT.exec(line)?.[1]
+      if (id === undefined) continue
+      connects.push(id)
+      found = true
+    }
+    if (found) for (const listener of listeners) listener()
+  })
+  await waitForOutput(child, /mosquitto version \S+ running/, 5_000)
+  return {
+    port,
+    connects,
+    stop,
+    onConnect: (listener) => {
+      listeners.add(listener)
+      return () => listeners.delete(listener)
+    },
+  }
+}
+
 /**
  * Resolves once what `child` has written to stderr matches `pattern`: a server's own word that it
  * is up. Rejects, with that output, if it exits first or `timeoutMs` passes.
