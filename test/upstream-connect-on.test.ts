@@ -20,6 +20,15 @@ import { nextMessage, pattern, sha256 } from './helpers/mqtt.js'
 import { testPki, tlsEnv, writeServerFiles } from './helpers/pki.js'
 import { adminGet, scrape, value } from './helpers/scrape.js'
 import { connectPacket, encode } from './helpers/wsmqtt.js'
+import {
+  CAN_RESET,
+  clientFrame,
+  RawWsClient,
+  upgradeBytes,
+  type Kill,
+} from './faults/lib/killable-client.js'
+
+const KILLS: Kill[] = CAN_RESET ? ['destroy', 'reset', 'end'] : ['destroy', 'end']
 
 const CONNECT_MODE = { DRAWBRIDGE_UPSTREAM_CONNECT_ON: 'connect' }
 const REFUSED_LINE = 'no broker accepted the connection; answered with CONNACK Server unavailable'
@@ -308,6 +317,30 @@ t.test('a client that leaves while its broker is dialled leaves no broker socket
   )
   const s = await scrape(gw.adminUrl)
   t.equal(value(s, 'drawbridge_upstream_errors_total', { reason: 'timeout' }), 0, 'not counted')
+})
+
+t.test('a FIN, a RST or a half-close while the broker is dialled: the dial ends', async (t) => {
+  const silent = await startSilentBroker(t)
+  const gw = await startTestGateway(t, silent, {
+    ...CONNECT_MODE,
+    DRAWBRIDGE_UPSTREAM_CONNECT_TIMEOUT: '10s',
+  })
+  for (const [i, kill] of KILLS.entries()) {
+    const client = new RawWsClient(gw.port)
+    t.teardown(() => client.socket.destroy())
+    client.write(upgradeBytes())
+    t.equal((await client.response()).status, 101)
+    client.write(clientFrame(connectPacket(`kill-${kill}`)))
+    await gw.waitForLogs((l) => l.msg === 'mqtt connect', i + 1)
+    t.equal(gw.gateway.brokerSocketsOpen, 1, `${kill}: dialling`)
+    const started = Date.now()
+    client.kill(kill)
+    await gw.waitForLog((l) => l.msg === 'connection closed' && l.clientId === `kill-${kill}`)
+    await gw.gateway.whenBrokerSocketsClosed()
+    t.ok(Date.now() - started < 5_000, `${kill}: let go at once`)
+    t.equal(gw.gateway.brokerSocketsOpen, 0, `${kill}: no broker socket left`)
+  }
+  t.equal(gw.gateway.connections.size, 0)
 })
 
 t.test('shutdown while a broker is dialled: 1001, and the dial is let go', async (t) => {
