@@ -137,6 +137,7 @@ export async function startGateway(config: Config, deps: GatewayDeps): Promise<G
     connectTimeout: config.upstream.connectTimeout,
     onAttempt: (attempt) => metrics.upstreamAttempt(attempt),
   })
+  metrics.setUpstreamSocketsSource(() => connector.openSockets)
   const edge = new EdgeServer({
     listen: config.listen,
     ws: config.ws,

@@ -42,6 +42,7 @@ export const METRIC = {
   upstreamConnectDuration: 'upstream_connect_duration_seconds',
   upstreamErrors: 'upstream_errors_total',
   upstreamUp: 'upstream_up',
+  upstreamSocketsOpen: 'upstream_sockets_open',
   ready: 'ready',
   handshakeRejections: 'handshake_rejections_total',
   closes: 'closes_total',
@@ -198,6 +199,7 @@ export class Metrics {
   /** Client identity -> its label: itself, or OTHER_CLIENTS once the cap is reached. */
   readonly #clientLabels = new Map<string, string>()
   #ownClientLabels = 0
+  #upstreamSockets: () => number = () => 0
   #readiness: () => { ready: boolean; upstreamUp: boolean } = () => ({
     ready: false,
     upstreamUp: false,
@@ -305,6 +307,14 @@ export class Metrics {
       registers,
       collect() {
         this.set(self.#readiness().upstreamUp ? 1 : 0)
+      },
+    })
+    new Gauge({
+      name: name(METRIC.upstreamSocketsOpen),
+      help: 'Broker TCP sockets open for clients, connecting or connected. Below drawbridge_connections_active while connections wait for their CONNECT or its broker (upstream.connectOn=connect).',
+      registers,
+      collect() {
+        this.set(self.#upstreamSockets())
       },
     })
     new Gauge({
@@ -446,6 +456,11 @@ export class Metrics {
   /** Where drawbridge_ready and drawbridge_upstream_up are read from at scrape time. */
   setReadinessSource(source: () => { ready: boolean; upstreamUp: boolean }): void {
     this.#readiness = source
+  }
+
+  /** Where drawbridge_upstream_sockets_open is read from at scrape time. */
+  setUpstreamSocketsSource(source: () => number): void {
+    this.#upstreamSockets = source
   }
 
   connectionOpened(listener: string): void {

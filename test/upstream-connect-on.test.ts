@@ -303,6 +303,8 @@ t.test('a client that leaves while its broker is dialled leaves no broker socket
     mqtt: { clientId: string } | null
   }[]
   t.match(listed, [{ broker: null, mqtt: { clientId: 'pending' } }], '/connections: no broker yet')
+  const dialling = await scrape(gw.adminUrl)
+  t.equal(value(dialling, 'drawbridge_upstream_sockets_open'), 1, 'the metric sees the dial')
   const started = Date.now()
   ws.terminate()
   const closed = await gw.waitForLog((l) => l.msg === 'connection closed')
@@ -317,6 +319,7 @@ t.test('a client that leaves while its broker is dialled leaves no broker socket
   )
   const s = await scrape(gw.adminUrl)
   t.equal(value(s, 'drawbridge_upstream_errors_total', { reason: 'timeout' }), 0, 'not counted')
+  t.equal(value(s, 'drawbridge_upstream_sockets_open'), 0)
 })
 
 t.test('a FIN, a RST or a half-close while the broker is dialled: the dial ends', async (t) => {
@@ -378,6 +381,9 @@ t.test('mqtt.connectTimeout applies in connect mode, and no broker is dialled', 
   t.teardown(() => ws.terminate())
   await once(ws, 'open')
   ws.send(connectPacket('slow').subarray(0, 5)) // a CONNECT that never ends
+  const waiting = await gw.gateway.metrics.render()
+  t.match(waiting, /^drawbridge_connections_active\{listener="ws"\} 1$/m, 'open, waiting')
+  t.match(waiting, /^drawbridge_upstream_sockets_open 0$/m, 'with no broker socket')
   const [code, reason] = (await once(ws, 'close')) as [number, Buffer]
   t.same([code, reason.toString()], [1008, 'no MQTT CONNECT within mqtt.connectTimeout'])
   await gw.waitForLog((l) => l.msg === 'connection closed')
