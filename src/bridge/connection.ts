@@ -398,6 +398,8 @@ export class Connection implements ClientEvents, FramerEvents {
   goodbye(goodbye: Goodbye): void {
     if (this.closing) return
     this.#pending = { code: goodbye.code, initiator: 'gateway', reason: goodbye.reason }
+    // Connect mode, no broker yet: the dial stops now, not once the client answers the close.
+    this.#letGoOfDial()
     const framer = this.#fromBroker
     const hears =
       framer !== undefined &&
