@@ -60,3 +60,9 @@ t.test('MQTT 5: a long reason is cut at a character, lengths past one byte', asy
   t.equal(bytes[1], 0x80 | ((bytes.length - 3) & 0x7f), 'remaining length needs 2 bytes')
   t.ok(bytes.length > 130, `${bytes.length} bytes`)
 })
+
+t.test('MQTT 5: control characters in the cause do not stop the answer', async (t) => {
+  const bytes = serverUnavailableConnack(5, 'line one\nline two\u0000')
+  const [packet] = parse(bytes, 5) as IConnackPacket[]
+  t.equal(packet?.properties?.reasonString, 'line one line two ', 'made spaces')
+})

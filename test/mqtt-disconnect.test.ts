@@ -4,11 +4,8 @@
 import mqttPacket, { type IDisconnectPacket, type Packet } from 'mqtt-packet'
 import t from 'tap'
 import { Goodbyes } from '../src/bridge/goodbyes.js'
-import {
-  DisconnectReasonCode,
-  encodeDisconnect,
-  mqttStringProblem,
-} from '../src/mqtt/disconnect.js'
+import { DisconnectReasonCode, encodeDisconnect } from '../src/mqtt/disconnect.js'
+import { mqttStringProblem } from '../src/mqtt/encode.js'
 
 /** Parses `bytes` as a level-5 stream: every packet, and how many bytes were left over. */
 function parse5(bytes: Buffer): { packets: Packet[]; left: number } {

@@ -1,6 +1,7 @@
 // The CONNACK the gateway itself sends when it will not bridge a CONNECT it has read and held
 // (upstream.connectOn=connect, no broker accepted): a refusal the client's MQTT library can show
 // ("Server unavailable"), where a bare close would only say "connection closed".
+import { stringProperty, variableByteInteger } from './encode.js'
 import type { ProtocolLevel } from './packet.js'
 
 /** MQTT 3.1 and 3.1.1 return code 3 (3.1.1 section 3.2.2.3): "Server unavailable". */
@@ -30,48 +31,32 @@ export function serverUnavailableCode(level: ProtocolLevel): number {
  */
 export function serverUnavailableConnack(level: ProtocolLevel, reason: string): Buffer {
   if (level !== 5) return Buffer.from([0x20, 0x02, 0x00, RETURN_CODE_SERVER_UNAVAILABLE])
-  const text = Buffer.from(fitUtf8(reason, MAX_REASON_STRING_BYTES), 'utf8')
-  // Property: identifier, 2-byte length, the UTF-8 bytes.
-  const properties = 1 + 2 + text.length
-  // Both lengths are Variable Byte Integers: past 127 bytes of reason they take 2 bytes.
-  const propertiesLength = variableByteInteger(properties)
+  const property = stringProperty(REASON_STRING, reasonString(reason))
+  const propertyLength = variableByteInteger(property.length)
   // Acknowledge flags and reason code, then the properties with their length.
-  const remaining = 2 + propertiesLength.length + properties
-  const remainingLength = variableByteInteger(remaining)
-  const packet = Buffer.allocUnsafe(1 + remainingLength.length + remaining)
-  let at = 0
-  packet[at++] = 0x20
-  at += remainingLength.copy(packet, at)
-  packet[at++] = 0x00
-  packet[at++] = REASON_CODE_SERVER_UNAVAILABLE
-  at += propertiesLength.copy(packet, at)
-  packet[at++] = REASON_STRING
-  at = packet.writeUInt16BE(text.length, at)
-  text.copy(packet, at)
-  return packet
+  const remaining = 2 + propertyLength.length + property.length
+  return Buffer.concat([
+    Buffer.from([0x20]),
+    variableByteInteger(remaining),
+    Buffer.from([0x00, REASON_CODE_SERVER_UNAVAILABLE]),
+    propertyLength,
+    property,
+  ])
 }
 
-/** MQTT's Variable Byte Integer (section 1.5.5): 7 bits a byte, low first, high bit = more. */
-function variableByteInteger(value: number): Buffer {
-  const bytes: number[] = []
-  let left = value
-  do {
-    let byte = left % 128
-    left = Math.floor(left / 128)
-    if (left > 0) byte |= 0x80
-    bytes.push(byte)
-  } while (left > 0)
-  return Buffer.from(bytes)
-}
-
-/** `text` cut to at most `max` UTF-8 bytes, at a character boundary. */
-function fitUtf8(text: string, max: number): string {
-  if (Buffer.byteLength(text) <= max) return text
+/**
+ * `text` as a Reason String: control characters (which a client may refuse, 1.5.4) made spaces,
+ * since a refusal must never fail to encode, then cut to MAX_REASON_STRING_BYTES.
+ */
+function reasonString(text: string): string {
+  // eslint-disable-next-line no-control-regex -- the control characters are what it replaces
+  const clean = text.replace(/[\u0000-\u001f\u007f-\u009f]/g, ' ')
+  if (Buffer.byteLength(clean) <= MAX_REASON_STRING_BYTES) return clean
   let fitted = ''
   let bytes = 0
-  for (const char of text) {
+  for (const char of clean) {
     const size = Buffer.byteLength(char)
-    if (bytes + size > max) break
+    if (bytes + size > MAX_REASON_STRING_BYTES) break
     fitted += char
     bytes += size
   }

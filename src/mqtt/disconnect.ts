@@ -1,11 +1,12 @@
-// The one packet the gateway writes into a client's MQTT stream itself: an MQTT 5 DISCONNECT
-// (MQTT 5, section 3.14) that tells the client, in its own protocol, why the connection ends.
+// A packet the gateway writes into a client's MQTT stream itself: an MQTT 5 DISCONNECT (MQTT 5,
+// section 3.14) that tells the client, in its own protocol, why the connection ends.
 // Only a server speaking MQTT 5 may send DISCONNECT; 3.1 and 3.1.1 have no server DISCONNECT,
 // so callers send these to level-5 clients only.
 //
 // Layout: fixed header 0xE0, Remaining Length (Variable Byte Integer), the reason code, the
 // property length (Variable Byte Integer), then the properties, each an identifier byte and a
-// UTF-8 string (2-byte length, then the bytes).
+// UTF-8 string (2-byte length, then the bytes; encode.ts).
+import { stringProperty, variableByteInteger } from './encode.js'
 
 /** The reason codes the gateway sends (MQTT 5 table 3.10); the spec's names. */
 export const DisconnectReasonCode = {
@@ -34,21 +35,6 @@ export interface DisconnectProperties {
   serverReference?: string
 }
 
-/** The longest UTF-8 string MQTT can carry: its length is a 2-byte integer (1.5.4). */
-const MAX_STRING_BYTES = 65_535
-
-/**
- * Why `text` cannot be an MQTT UTF-8 string, or undefined when it can: at most 65,535 bytes,
- * no U+0000 [MQTT-1.5.4-2], none of the control characters a receiver may refuse
- * (U+0001-U+001F, U+007F-U+009F; 1.5.4). Config checks a Server Reference with this at start.
- */
-export function mqttStringProblem(text: string): string | undefined {
-  if (Buffer.byteLength(text) > MAX_STRING_BYTES) return 'is longer than 65535 bytes'
-  // eslint-disable-next-line no-control-regex -- the control characters are what it looks for
-  if (/[\u0000-\u001f\u007f-\u009f]/.test(text)) return 'contains a control character'
-  return undefined
-}
-
 /** An MQTT 5 DISCONNECT with `reasonCode` and, when given, a Reason String and Server Reference. */
 export function encodeDisconnect(
   reasonCode: DisconnectReasonCodeValue,
@@ -71,28 +57,4 @@ export function encodeDisconnect(
     propertyLength,
     propertyBytes,
   ])
-}
-
-function stringProperty(identifier: number, text: string): Buffer {
-  const problem = mqttStringProblem(text)
-  if (problem !== undefined) throw new RangeError(`a DISCONNECT property ${problem}`)
-  const bytes = Buffer.from(text, 'utf8')
-  const out = Buffer.allocUnsafe(3 + bytes.length)
-  out[0] = identifier
-  out.writeUInt16BE(bytes.length, 1)
-  bytes.copy(out, 3)
-  return out
-}
-
-/** MQTT's Variable Byte Integer (1.5.5): 7 bits a byte, low first, bit 7 "more follows". */
-function variableByteInteger(value: number): Buffer {
-  const bytes: number[] = []
-  let rest = value
-  do {
-    let byte = rest % 128
-    rest = Math.floor(rest / 128)
-    if (rest > 0) byte |= 0x80
-    bytes.push(byte)
-  } while (rest > 0)
-  return Buffer.from(bytes)
 }
