@@ -20,6 +20,8 @@ import { nextMessage, pattern, sha256 } from './helpers/mqtt.js'
 import { testPki, tlsEnv, writeServerFiles } from './helpers/pki.js'
 import { adminGet, scrape, value } from './helpers/scrape.js'
 import { connectPacket, encode } from './helpers/wsmqtt.js'
+import { Metrics } from '../src/metrics.js'
+import type { ConnectAttempt } from '../src/upstream/connector.js'
 import {
   CAN_RESET,
   clientFrame,
@@ -474,6 +476,26 @@ t.test('bytes after the CONNECT are held, the client paused at highWaterMark', a
   await gw.waitForLogs((l) => l.msg === 'connection closed', 1)
   const holder = relay.streams().find((s) => s.subarray(0, connect.length).equals(connect))
   t.equal(holder?.toString('hex'), sent.toString('hex'), 'the broker got the stream unchanged')
+})
+
+t.test('a fault of the gateway itself during the dial: logged, 1011, nothing left', async (t) => {
+  // A counter that breaks on a failed attempt: connectUpstream's hook throws mid-dial.
+  class FaultyMetrics extends Metrics {
+    override upstreamAttempt(attempt: ConnectAttempt): void {
+      if (!attempt.ok) throw new Error('counter broke')
+      super.upstreamAttempt(attempt)
+    }
+  }
+  const faulty = new FaultyMetrics({ version: 'test', perClient: false, maxClientSeries: 10 })
+  const dead = await freePort()
+  const gw = await startTestGateway(t, dead, CONNECT_MODE, { metrics: faulty })
+  const { received, code, reason } = await rawExchange(t, gw.url, 'mqtt', connectPacket('faulty'))
+  t.same([code, reason], [1011, 'broker connection failed: internal'])
+  t.equal(received.length, 0, 'no CONNACK: the gateway does not know what happened')
+  const line = await gw.waitForLog((l) => l.msg === 'broker dial failed')
+  t.match(line, { err: { message: 'counter broke' }, clientId: 'faulty' })
+  await gw.waitForLog((l) => l.msg === 'connection closed')
+  t.equal(gw.gateway.brokerSocketsOpen, 0)
 })
 
 const pki = testPki()

@@ -717,17 +717,20 @@ export class Connection implements ClientEvents, FramerEvents {
     this.#dial = abort
     const started = performance.now()
     const order = brokerOrder(dial.connector.brokers, dial.affinity, info)
-    dial.connector.dial(order, abort.signal).then(
-      (outcome) => this.#dialled(outcome, performance.now() - started),
-      // Only a fault of the gateway's own lands here (the attempt hook threw): log it, and let
-      // the client go the way a refusal does rather than leave it waiting.
-      (err: unknown) => {
-        this.#log.error({ err }, 'broker dial failed')
-        this.#dial = undefined
-        this.close(CloseCode.INTERNAL_ERROR, CloseReason.upstreamError('internal'), 'gateway')
-        this.#finishIfBothClosed()
-      },
-    )
+    dial.connector
+      .dial(order, abort.signal)
+      .then((outcome) => this.#dialled(outcome, performance.now() - started))
+      .catch((err: unknown) => this.#dialFault(err))
+  }
+
+  // Only a fault of the gateway's own lands here (an attempt hook or a counter threw): it is
+  // logged and the client let go, rather than left waiting (or the process ended by an
+  // unhandled rejection).
+  #dialFault(err: unknown): void {
+    this.#log.error({ err, clientId: this.mqtt?.clientId }, 'broker dial failed')
+    this.#dial = undefined
+    this.close(CloseCode.INTERNAL_ERROR, CloseReason.upstreamError('internal'), 'gateway')
+    this.#finishIfBothClosed()
   }
 
   #dialled(outcome: ClientConnectOutcome, ms: number): void {
