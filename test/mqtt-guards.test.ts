@@ -114,7 +114,7 @@ t.test('a client packet over mqtt.maxPacketSize is refused from its header', asy
   const warned = await gw.waitForLog(
     (l) => l.msg === 'MQTT packet over mqtt.maxPacketSize; closing',
   )
-  t.match(warned, { size: 101, maxPacketSize: 100, level: 4 })
+  t.match(warned, { size: 101, maxPacketSize: 100, level: 4, clientId: 'big' }, 'names the client')
   const s = await scrape(gw.adminUrl)
   t.equal(value(s, REFUSALS, { reason: 'packet_too_large' }), 1)
 })

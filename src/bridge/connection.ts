@@ -210,7 +210,8 @@ export class Connection implements ClientEvents, FramerEvents {
   #held: Buffer[] | undefined
   #heldBytes = 0
   readonly #options: ConnectionOptions
-  readonly #log: Logger
+  /** Names the connection and listener; once the CONNECT is read, the client id too. */
+  #log: Logger
   #pingSentAt = 0
   #pending: CloseSummary | undefined
   #finished = false
@@ -332,7 +333,10 @@ export class Connection implements ClientEvents, FramerEvents {
       protocolLevel: info.level,
       keepalive: info.keepAlive,
     }
-    this.#log.info({ ...this.mqtt }, 'mqtt connect')
+    // Every line from here on names the client: refusals and closes included.
+    this.#log = this.#log.child({ clientId: info.clientId })
+    const { username, protocolLevel, keepalive } = this.mqtt
+    this.#log.info({ username, protocolLevel, keepalive }, 'mqtt connect')
     this.#options.metrics.mqttConnect(info.level)
     if (this.protocol !== false && !subprotocolMatches(this.protocol, info.level)) {
       this.#log.info(
@@ -727,7 +731,7 @@ export class Connection implements ClientEvents, FramerEvents {
   // logged and the client let go, rather than left waiting (or the process ended by an
   // unhandled rejection).
   #dialFault(err: unknown): void {
-    this.#log.error({ err, clientId: this.mqtt?.clientId }, 'broker dial failed')
+    this.#log.error({ err }, 'broker dial failed')
     this.#dial = undefined
     this.close(CloseCode.INTERNAL_ERROR, CloseReason.upstreamError('internal'), 'gateway')
     this.#finishIfBothClosed()
@@ -808,7 +812,6 @@ export class Connection implements ClientEvents, FramerEvents {
       {
         reason: error.reason,
         detail: error.message,
-        clientId: session.clientId,
         protocolLevel: session.protocolLevel,
         connackCode: serverUnavailableCode(session.protocolLevel),
       },
@@ -837,7 +840,10 @@ export class Connection implements ClientEvents, FramerEvents {
         code: this.closed.code,
         initiator: this.closed.initiator,
         reason: this.closed.reason,
-        ...this.mqtt,
+        // clientId is in the logger's bindings already (mqttConnect).
+        username: this.mqtt?.username,
+        protocolLevel: this.mqtt?.protocolLevel,
+        keepalive: this.mqtt?.keepalive,
       },
       'connection closed',
     )
