@@ -24,7 +24,8 @@ import {
   treeCpuSeconds,
   waitForPort,
 } from './lib/proc.mjs'
-import { abSystem, SYSTEMS, workersSystem } from './lib/systems.mjs'
+import { InspectorSession } from './lib/gc.mjs'
+import { abSystem, inspectSystem, SYSTEMS, workersSystem } from './lib/systems.mjs'
 import { compareReport, report } from './lib/report.mjs'
 
 const HERE = path.dirname(fileURLToPath(import.meta.url))
@@ -34,7 +35,12 @@ const USAGE = `Usage: npm run bench -- [options]
   --quick              small counts, whole run under two minutes
   --compare FILE       also show the change against an earlier results JSON
   --systems a,b        only these systems (${SYSTEMS.map((s) => s.name).join(', ')})
-  --workloads a,b      only these workloads (throughput, latency, idle, setup)
+  --workloads a,b      only these workloads (throughput, latency, idle, setup, inspect,
+                       inspect-memory)
+  --inspect-rounds N   on/off rounds of the inspect workload (each round runs both, in
+                       alternating order; default 4, quick 2)
+  --inspect-transports ws,wss
+                       transports of the inspect and inspect-memory workloads (default both)
   --sizes 64,1024      only these throughput payload sizes
   --idle 1000,10000    idle client counts
   --repeat N           run each throughput/setup measurement N times, keep the least CPU
@@ -64,6 +70,8 @@ const { values: opts } = parseArgs({
     'drawbridge-dist': { type: 'string' },
     'ab-env': { type: 'string', multiple: true },
     workers: { type: 'string' },
+    'inspect-rounds': { type: 'string' },
+    'inspect-transports': { type: 'string', default: 'ws,wss' },
     scrape: { type: 'string', default: '1000' },
     out: { type: 'string' },
     help: { type: 'boolean', short: 'h' },
@@ -92,6 +100,14 @@ const PLAN = opts.quick
       flatMs: 1500,
       setup: { count: 150, concurrency: 4, maxSeconds: 20 },
       repeat: 1,
+      inspect: {
+        throughput: [
+          { size: 64, count: 40_000, window: 1000 },
+          { size: 1024, count: 20_000, window: 256 },
+        ],
+        rounds: 2,
+        memory: { clients: 1000, rounds: 1, settleMs: 1000 },
+      },
     }
   : {
       throughput: [
@@ -107,15 +123,33 @@ const PLAN = opts.quick
       flatMs: 10_000,
       setup: { count: 1000, concurrency: 4, maxSeconds: 60 },
       repeat: 2,
+      inspect: {
+        throughput: [
+          { size: 64, count: 100_000, window: 1000 },
+          { size: 1024, count: 50_000, window: 256 },
+        ],
+        rounds: 4,
+        memory: { clients: 1000, rounds: 2, settleMs: 2000 },
+      },
     }
 if (opts.repeat !== undefined) PLAN.repeat = Math.max(1, Number(opts.repeat))
 if (opts.idle !== undefined) PLAN.idle = opts.idle.split(',').map(Number)
+if (opts['inspect-rounds'] !== undefined) {
+  PLAN.inspect.rounds = Math.max(1, Number(opts['inspect-rounds']))
+}
 if (opts.sizes !== undefined) {
   const sizes = new Set(opts.sizes.split(',').map(Number))
   PLAN.throughput = PLAN.throughput.filter((t) => sizes.has(t.size))
+  PLAN.inspect.throughput = PLAN.inspect.throughput.filter((t) => sizes.has(t.size))
 }
+// With --systems, only the transports whose Drawbridge system was asked for.
+const inspectTransports = opts['inspect-transports']
+  .split(',')
+  .filter((t) => t !== '' && (!opts.systems || opts.systems.split(',').includes(`drawbridge-${t}`)))
 
-const wantedWorkloads = new Set((opts.workloads ?? 'throughput,latency,idle,setup').split(','))
+const wantedWorkloads = new Set(
+  (opts.workloads ?? 'throughput,latency,idle,setup,inspect,inspect-memory').split(','),
+)
 const wantedSystems = opts.systems ? new Set(opts.systems.split(',')) : undefined
 
 function progress(msg) {
@@ -460,6 +494,45 @@ async function setupRun(lg, sut, broker, resume) {
   }
 }
 
+/**
+ * Memory per idle client after a full GC, the system started with its inspector on
+ * `inspectPort`: the baseline after a warm-up wave, then `clients` connected and settled. One
+ * DevTools session for the whole run, so what the inspector allocates is in the baseline too.
+ */
+async function idleMemoryRun(lg, sut, clients, inspectPort, settleMs) {
+  const session = await InspectorSession.open(inspectPort)
+  try {
+    await lg.request('idle-open', { target: sut.target, clients: 50, concurrency: 10 })
+    await lg.request('idle-close', {})
+    await sleep(1000)
+    const before = await session.memoryAfterGc(sut.pid)
+    const opened = await lg.request('idle-open', { target: sut.target, clients, concurrency: 50 })
+    await sleep(settleMs)
+    const after = await session.memoryAfterGc(sut.pid)
+    await lg.request('idle-close', {})
+    const per = (key) => (opened.opened > 0 ? (after[key] - before[key]) / opened.opened : NaN)
+    return {
+      clients,
+      opened: opened.opened,
+      failed: opened.failed,
+      firstError: opened.firstError,
+      before,
+      after,
+      rssKiBPerConn: per('rssKiB'),
+      heapKiBPerConn: per('heapUsedKiB'),
+      externalKiBPerConn: per('externalKiB'),
+    }
+  } finally {
+    await session.close()
+  }
+}
+
+const median = (xs) => {
+  const s = [...xs].sort((a, b) => a - b)
+  const mid = Math.floor(s.length / 2)
+  return s.length % 2 ? s[mid] : (s[mid - 1] + s[mid]) / 2
+}
+
 /** Runs `fn` PLAN.repeat times and keeps the run with the least CPU per unit of work. */
 async function best(fn, key) {
   let kept
@@ -610,6 +683,123 @@ async function main() {
           )
           record(`idle-${requested}`, { clients, requested, fileLimit }, system, r)
         }
+      }
+    }
+
+    if (wantedWorkloads.has('inspect')) {
+      // mqtt.inspect on against off: two processes of the same build side by side, the only
+      // difference DRAWBRIDGE_MQTT_INSPECT. Each round runs both, the order alternating between
+      // rounds (on-off, off-on, ...) so drift in the host's load falls on both alike; the ratio
+      // is taken within each round, and its spread over the rounds is the noise.
+      for (const transport of inspectTransports) {
+        const pair = { on: inspectSystem(transport, true), off: inspectSystem(transport, false) }
+        const why = await pair.on.available(ctx)
+        if (why) {
+          progress(`inspect ${transport}: ${why}`)
+          skipped.push({ system: `drawbridge-${transport}-inspect`, reason: why })
+          continue
+        }
+        ctx.cert = certs.ecdsa
+        const suts = {}
+        try {
+          for (const mode of ['on', 'off']) suts[mode] = await pair[mode].start(ctx)
+          progress(`inspect ${transport}: on pid ${suts.on.pid}, off pid ${suts.off.pid}`)
+          for (const t of PLAN.inspect.throughput) {
+            // One unrecorded run each first, so neither is measured while its JIT warms up.
+            const warm = { ...t, count: Math.ceil(t.count / 4) }
+            for (const mode of ['on', 'off']) await throughputRun(lg, suts[mode], broker, warm)
+            const runs = { on: [], off: [] }
+            for (let round = 0; round < PLAN.inspect.rounds; round++) {
+              for (const mode of round % 2 === 0 ? ['on', 'off'] : ['off', 'on']) {
+                const r = await throughputRun(lg, suts[mode], broker, t)
+                progress(
+                  `inspect ${transport} ${t.size} B x ${t.count * PLAN.pairs} (${round + 1}/${PLAN.inspect.rounds}) ${mode}: ${r.cpuUsPerMsg.toFixed(2)} µs/msg, ${Math.round(r.msgPerSec)} msg/s, limit: ${r.limit}`,
+                )
+                runs[mode].push(r)
+              }
+            }
+            const cpu = (mode) => runs[mode].map((r) => r.cpuUsPerMsg)
+            const ratios = runs.on.map((r, i) => r.cpuUsPerMsg / runs.off[i].cpuUsPerMsg)
+            const m = {
+              transport,
+              onCpuUsPerMsg: cpu('on'),
+              offCpuUsPerMsg: cpu('off'),
+              onMedian: median(cpu('on')),
+              offMedian: median(cpu('off')),
+              onBest: Math.min(...cpu('on')),
+              offBest: Math.min(...cpu('off')),
+              ratios,
+              medianRatio: median(ratios),
+              minRatio: Math.min(...ratios),
+              maxRatio: Math.max(...ratios),
+              onMsgPerSec: median(runs.on.map((r) => r.msgPerSec)),
+              offMsgPerSec: median(runs.off.map((r) => r.msgPerSec)),
+              lost: [...runs.on, ...runs.off].reduce((n, r) => n + r.lost + r.seqErrors, 0),
+              runs,
+            }
+            progress(
+              `  inspect ${transport} ${t.size} B: on/off median ${m.medianRatio.toFixed(3)} (${m.minRatio.toFixed(3)}-${m.maxRatio.toFixed(3)})`,
+            )
+            results.push({
+              workload: `inspect-${t.size}`,
+              params: { ...t, pairs: PLAN.pairs, rounds: PLAN.inspect.rounds },
+              system: `drawbridge-${transport}`,
+              metrics: m,
+            })
+          }
+        } finally {
+          for (const sut of Object.values(suts)) await sut.stop()
+        }
+      }
+    }
+
+    if (wantedWorkloads.has('inspect-memory')) {
+      const { clients, rounds, settleMs } = PLAN.inspect.memory
+      for (const transport of inspectTransports) {
+        const why = await inspectSystem(transport, true).available(ctx)
+        if (why) {
+          progress(`inspect-memory ${transport}: ${why}`)
+          continue
+        }
+        const runs = { on: [], off: [] }
+        for (let round = 0; round < rounds; round++) {
+          for (const mode of round % 2 === 0 ? ['on', 'off'] : ['off', 'on']) {
+            // A fresh process per measurement, its inspector on a loopback port for the GC.
+            const inspectPort = await freePort()
+            const system = inspectSystem(transport, mode === 'on', [
+              `--inspect=127.0.0.1:${inspectPort}`,
+            ])
+            const r = await withSystem(system, certs.ecdsa, (sut) =>
+              idleMemoryRun(lg, sut, clients, inspectPort, settleMs),
+            )
+            progress(
+              `inspect-memory ${transport} ${clients} clients (${round + 1}/${rounds}) ${mode}: ${r.rssKiBPerConn.toFixed(1)} KiB RSS, ${r.heapKiBPerConn.toFixed(2)} KiB heap, ${r.externalKiBPerConn.toFixed(2)} KiB external per conn (${r.opened} open, ${r.failed} failed)`,
+            )
+            runs[mode].push(r)
+          }
+        }
+        const med = (mode, key) => median(runs[mode].map((r) => r[key]))
+        results.push({
+          workload: 'inspect-memory',
+          params: { clients, rounds, settleMs },
+          system: `drawbridge-${transport}`,
+          metrics: {
+            transport,
+            clients,
+            on: {
+              rssKiBPerConn: med('on', 'rssKiBPerConn'),
+              heapKiBPerConn: med('on', 'heapKiBPerConn'),
+              externalKiBPerConn: med('on', 'externalKiBPerConn'),
+            },
+            off: {
+              rssKiBPerConn: med('off', 'rssKiBPerConn'),
+              heapKiBPerConn: med('off', 'heapKiBPerConn'),
+              externalKiBPerConn: med('off', 'externalKiBPerConn'),
+            },
+            failed: [...runs.on, ...runs.off].reduce((n, r) => n + r.failed, 0),
+            runs,
+          },
+        })
       }
     }
 

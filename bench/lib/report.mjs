@@ -213,8 +213,112 @@ export function report(doc) {
     )
   }
 
+  const inspect = [...w.keys()].filter((k) => /^inspect-\d+$/.test(k))
+  if (inspect.length) {
+    const p = w.get(inspect[0]).values().next().value.params
+    out.push(
+      `### mqtt.inspect on against off (CPU per delivered message, ${p.rounds} rounds, ${p.pairs} pairs)`,
+      '',
+      'The same build twice side by side, the only difference `DRAWBRIDGE_MQTT_INSPECT`; each round runs both, in alternating order (on-off, off-on, ...), and "on/off" is the ratio within each round. The median of the rounds is the figure; the spread (min-max) is the noise of this host.',
+      '',
+    )
+    const rows = []
+    for (const k of inspect) {
+      for (const r of w.get(k).values()) {
+        const m = r.metrics
+        const size = r.params.size
+        rows.push([
+          m.transport,
+          size >= 1024 ? `${size / 1024} KiB` : `${size} B`,
+          `${num(m.onMedian)} (${m.onCpuUsPerMsg.map((v) => num(v)).join(', ')})`,
+          `${num(m.offMedian)} (${m.offCpuUsPerMsg.map((v) => num(v)).join(', ')})`,
+          m.ratios.map((v) => v.toFixed(2)).join(', '),
+          `**${m.medianRatio.toFixed(2)}×**`,
+          `${m.minRatio.toFixed(2)}-${m.maxRatio.toFixed(2)}`,
+          `${num(m.onMsgPerSec)} / ${num(m.offMsgPerSec)}`,
+          String(m.lost),
+        ])
+      }
+    }
+    out.push(
+      table(
+        [
+          'transport',
+          'payload',
+          'on: CPU µs/msg, median (runs)',
+          'off: CPU µs/msg, median (runs)',
+          'on/off by round',
+          'on/off median',
+          'spread',
+          'msg/s on / off',
+          'lost',
+        ],
+        rows,
+      ),
+      '',
+    )
+  }
+
+  const memory = w.get('inspect-memory')
+  if (memory) {
+    out.push(
+      '### mqtt.inspect on against off: memory per idle connection, after a full GC',
+      '',
+      'A fresh process per measurement: a warm-up wave, a full GC (DevTools HeapProfiler.collectGarbage, twice), the baseline; then the clients connect (CONNECT/CONNACK), settle, another full GC. Medians over the rounds.',
+      '',
+    )
+    const rows = [...memory.values()].map((r) => {
+      const m = r.metrics
+      const d = (key) => num(m.on[key] - m.off[key], 2)
+      return [
+        m.transport,
+        m.clients.toLocaleString('en-US'),
+        `${num(m.on.rssKiBPerConn, 1)} / ${num(m.off.rssKiBPerConn, 1)}`,
+        d('rssKiBPerConn'),
+        `${num(m.on.heapKiBPerConn, 2)} / ${num(m.off.heapKiBPerConn, 2)}`,
+        d('heapKiBPerConn'),
+        `${num(m.on.externalKiBPerConn, 2)} / ${num(m.off.externalKiBPerConn, 2)}`,
+        String(m.failed),
+      ]
+    })
+    out.push(
+      table(
+        [
+          'transport',
+          'clients',
+          'RSS KiB/conn on / off',
+          'RSS on − off',
+          'heap KiB/conn on / off',
+          'heap on − off',
+          'external KiB/conn on / off',
+          'failed',
+        ],
+        rows,
+      ),
+      '',
+    )
+  }
+
   out.push(targets(w), '')
+  if (inspect.length) out.push(inspectTargets(w, inspect), '')
   return `${out.join('\n')}\n`
+}
+
+/** Issue 13: CPU per message with mqtt.inspect within 10% of the blind pipe. */
+function inspectTargets(w, keys) {
+  const rows = []
+  for (const k of keys) {
+    for (const r of w.get(k).values()) {
+      const m = r.metrics
+      const size = r.params.size
+      rows.push([
+        `CPU/msg ${size >= 1024 ? `${size / 1024} KiB` : `${size} B`} ${m.transport}, inspect on ≤ 1.10 × off`,
+        `${m.medianRatio.toFixed(2)}× (median of ${m.ratios.length}; ${m.minRatio.toFixed(2)}-${m.maxRatio.toFixed(2)}), ${m.onMedian.toFixed(2)} vs ${m.offMedian.toFixed(2)} µs`,
+        m.medianRatio <= 1.1 ? 'met' : '**not met**',
+      ])
+    }
+  }
+  return ['### Targets (issue 13)', '', table(['target', 'measured', 'status'], rows)].join('\n')
 }
 
 function metric(w, workload, system, key) {

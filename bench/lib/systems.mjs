@@ -212,6 +212,39 @@ export const SYSTEMS = [
   },
 ]
 
+/**
+ * Drawbridge with mqtt.inspect on or off (DRAWBRIDGE_MQTT_INSPECT), over ws or wss, for the
+ * inspect workloads: the same build and settings as drawbridge-ws/-wss, only the framer differs.
+ * `extraNodeFlags` come after ctx.nodeFlags (the memory workload turns the inspector on).
+ */
+export function inspectSystem(transport, inspect, extraNodeFlags = []) {
+  const tls = transport === 'wss'
+  const name = `drawbridge-${transport}-inspect-${inspect ? 'on' : 'off'}`
+  return {
+    name,
+    label: `Drawbridge, ${transport}, inspect ${inspect ? 'on' : 'off'}`,
+    transport,
+    available: tls
+      ? (ctx) => drawbridgeTlsUnavailable(ctx.certs.ecdsa)
+      : async () => (existsSync(cliPath()) ? undefined : 'dist/cli.js missing (run npm run build)'),
+    start: async (ctx) => {
+      const p = await startDrawbridge(
+        name,
+        () => [...ctx.nodeFlags, ...extraNodeFlags, cliPath()],
+        (port, admin) =>
+          drawbridgeEnv(
+            port,
+            ctx.broker,
+            tls ? ctx.cert : undefined,
+            { ...ctx.drawbridgeEnv, DRAWBRIDGE_MQTT_INSPECT: String(inspect) },
+            admin,
+          ),
+      )
+      return { ...p, target: wsTarget(transport, p.port) }
+    },
+  }
+}
+
 /** Drawbridge over ws from another build (`--ab DIST`), to A/B a change in the same run. */
 export function abSystem(dist, env = {}) {
   const cli = `${dist}/cli.js`
