@@ -1056,6 +1056,32 @@ t.test('edge cases the spec allows pass', async (t) => {
       input: Buffer.concat([CONNECT_4, hex('c0 80 00')]),
     },
     {
+      // Held bytes are told again from the decoded length (framer.ts): the long encodings
+      // must come out as they went in, cut anywhere, in a PUBLISH, a CONNACK and a CONNECT.
+      name: 'non-minimal remaining lengths of 3 and 4 bytes (85 80 00, 85 80 80 00)',
+      from: 'client',
+      input: Buffer.concat([
+        CONNECT_4,
+        hex('30 85 80 00 00 01 61 62 63'),
+        hex('30 85 80 80 00 00 01 61 62 63'),
+      ]),
+    },
+    {
+      name: 'a CONNACK with a non-minimal remaining length (82 00)',
+      from: 'broker',
+      level: 4,
+      input: hex('20 82 00 00 00 d0 00'),
+    },
+    {
+      name: 'a CONNECT with a non-minimal remaining length',
+      from: 'client',
+      input: Buffer.concat([
+        hex('10'),
+        Buffer.from([(CONNECT_4[1] as number) | 0x80, 0x80, 0x00]),
+        CONNECT_4.subarray(2),
+      ]),
+    },
+    {
       name: 'a QoS 0 PUBLISH with DUP set (a sender MUST NOT; receivers do not check)',
       from: 'client',
       input: Buffer.concat([CONNECT_4, hex('38 03 00 01 61')]),

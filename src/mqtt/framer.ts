@@ -4,23 +4,34 @@
 // client's CONNECT and the broker's CONNACK (connect.ts), and says how much of each chunk is
 // safe to forward: everything up to the first packet that must not reach the other side.
 //
-// It is a state machine over bytes, not a parser. It keeps a packet's fixed header (2 to 5
-// bytes) until the header is complete and judged, because a header may straddle two chunks
-// and no byte of a packet is forwarded before its header is judged: this is what lets a caller
-// refuse a packet by its type or size with nothing of it sent. Past the header it only counts
-// the remaining length down, whatever the chunking; the payload is never copied, buffered or
-// looked at. The exceptions are the CONNECT (read whole before any of it is forwarded: a bad
-// field anywhere in it must not reach the broker; copied only when its body spans chunks, and
-// at most maxConnectSize bytes) and the CONNACK's first two bytes.
+// It is a state machine over bytes, not a parser. No byte of a packet is forwarded before its
+// fixed header (2 to 5 bytes) is complete and judged, which is what lets a caller refuse a
+// packet by its type or size with nothing of it sent; a header may straddle two chunks, and
+// then its first bytes are held back until a later push judges it. They are held as the
+// numbers read from them (type, flags, the Remaining Length and how many bytes encoded it),
+// not as bytes: those numbers give the bytes back exactly, so a framer owns no buffer. Past
+// the header it only counts the remaining length down, whatever the chunking; the payload is
+// never copied, buffered or looked at. The exceptions are the CONNECT (read whole before any
+// of it is forwarded: a bad field anywhere in it must not reach the broker; copied only when
+// its body spans chunks, and at most maxConnectSize bytes) and the CONNACK's first two bytes.
 //
-// Cost per packet: the header's bytes are read one by one (2-5 of them), judged with a few
-// reads of precomputed tables (packet.ts), and the body is skipped with one subtraction per
-// chunk it spans; so a chunk costs O(packets that start in it), whatever its size. Nothing is
-// allocated per packet, except for the CONNECT and CONNACK (once per connection). Per chunk:
-// the result object, and a copy of the 1-6 header bytes when a header straddles chunks (so at
-// most one per chunk: only a chunk's first packet can have begun in an earlier one).
+// Cost per packet: the first byte is checked against a bit mask of the types accepted at that
+// point and, for any type but PUBLISH, a table of fixed flags (the full rules run only for
+// what the mask leaves out, i.e. errors), the 1-4 Remaining Length bytes are decoded in one
+// loop and checked against the type's bounds (packet.ts), and the body is skipped with one
+// subtraction per chunk it spans; so a chunk costs O(packets that start in it), whatever its
+// size. Nothing is allocated per packet, except for the CONNECT and CONNACK (once per
+// connection). Per chunk: the result object, and a new buffer of the 1-6 held bytes when a
+// header straddles chunks (so at most one per chunk: only a chunk's first packet can have
+// begun in an earlier one).
 import { MqttMalformedError, type MalformedReason } from './errors.js'
-import { readConnack, readConnect, type ConnackInfo, type ConnectInfo } from './connect.js'
+import {
+  readConnack,
+  readConnect,
+  type ConnackInfo,
+  type ConnectInfo,
+  type ReadFault,
+} from './connect.js'
 import {
   PACKET_NAMES,
   PacketType,
@@ -114,7 +125,8 @@ const BODY = 2 // a byte to count down, past the judged header
 const CONNECT_BODY = 3 // a CONNECT byte, copied (the CONNECT spans chunks)
 const CONNACK_BODY = 4 // one of the CONNACK's acknowledge flags and code
 
-const HEAD_SIZE = 8 // 5 header bytes, then the CONNACK's 2
+/** What the Remaining Length byte at each position (0-3) is worth: 128 to its position. */
+const DIGIT_WEIGHT = [1, 128, 128 * 128, 128 * 128 * 128] as const
 
 export class MqttFramer {
   readonly sender: Sender
@@ -122,23 +134,32 @@ export class MqttFramer {
   readonly #maxConnectSize: number
   #level: ProtocolLevel | 0
   #rules: LevelRules
+  /**
+   * Bit n set: a packet of type n is accepted at this point of the stream without a closer
+   * look (its flags aside). Only ever a subset of what #judgeFirstByte accepts: a type outside
+   * it is judged in full, which finds the error (or accepts it after all).
+   */
+  #accepted = 0
   /** The broker-side framer to tell the CONNECT's level (MqttFramer.pair). */
   #peer: MqttFramer | undefined
   /** The CONNECT (client) or CONNACK (broker) has been read. */
   #opened = false
   #state = START
-  /** The current packet's fixed header (then the CONNACK's two bytes). */
-  readonly #head = Buffer.alloc(HEAD_SIZE)
-  #headLength = 0
-  #headerSize = 0
+  // The current packet's fixed header, as numbers: its bytes are not copied anywhere, since
+  // they can be told again from these (writeHeader) on the rare occasion a header straddles
+  // two chunks and its first bytes must be released from a later push.
   #type = 0
   #flags = 0
+  /** Remaining Length bytes read so far; #headerSize: the whole fixed header, once complete. */
+  #lengthBytes = 0
+  #headerSize = 0
   /** The Remaining Length, as decoded so far. */
   #length = 0
-  #multiplier = 1
+  /** The CONNACK's acknowledge flags, when its code is in a later chunk; else -1. */
+  #connackFlags = -1
   /** Bytes of the current packet's body still to count down. */
   #left = 0
-  /** Bytes of the current packet from earlier chunks, not yet released (in #head or #connect). */
+  /** Bytes of the current packet from earlier chunks, not yet released (its header, #connect). */
   #held = 0
   /** A CONNECT being gathered across chunks. */
   #connect: Buffer | undefined
@@ -159,6 +180,7 @@ export class MqttFramer {
     this.#maxConnectSize = maxConnectSize
     this.#level = options.from === 'broker' ? (options.level ?? 0) : 0
     this.#rules = rulesFor(this.#level)
+    this.#updateAccepted()
   }
 
   /** A client-side and a broker-side framer for one connection, linked by the CONNECT's level. */
@@ -190,6 +212,7 @@ export class MqttFramer {
     if (this.sender !== 'broker') throw new TypeError('the client-side framer reads its level')
     this.#level = level
     this.#rules = rulesFor(level)
+    this.#updateAccepted()
   }
 
   /** Bytes the framer holds of a packet not yet judged (at most 6 past the CONNECT). */
@@ -242,22 +265,40 @@ export class MqttFramer {
         case START: {
           const byte = chunk[i] as number // i < n
           this.#packetStart = this.#position + i
-          const fault = this.#judgeFirstByte(byte)
-          if (fault !== undefined) return this.#stop(fault, released, safe)
-          this.#head[0] = byte
-          this.#headLength = 1
+          const type = byte >> 4
+          const flags = byte & 0x0f
+          this.#type = type
+          this.#flags = flags
+          // Most packets: a type accepted here, with sound flags (a PUBLISH's are its QoS).
+          if (
+            ((this.#accepted >> type) & 1) === 0 ||
+            (type === PacketType.PUBLISH
+              ? (flags & 0x06) === 0x06
+              : badFlags(type, flags, this.#rules.strictFlags) !== undefined)
+          ) {
+            const fault = this.#judgeFirstByte()
+            if (fault !== undefined) return this.#stop(fault, released, safe)
+          }
           this.#length = 0
-          this.#multiplier = 1
+          this.#lengthBytes = 0
           this.#state = LENGTH
           i++
           break
         }
         case LENGTH: {
-          const byte = chunk[i++] as number // i < n
-          this.#head[this.#headLength++] = byte
-          this.#length += (byte & 0x7f) * this.#multiplier
-          if ((byte & 0x80) !== 0) {
-            if (this.#headLength === 5) {
+          // As many Remaining Length bytes as this chunk holds, in one go.
+          let length = this.#length
+          let count = this.#lengthBytes
+          let more = true
+          while (i < n) {
+            const byte = chunk[i++] as number // i < n
+            length += (byte & 0x7f) * (DIGIT_WEIGHT[count] as number) // count < 4
+            count++
+            if ((byte & 0x80) === 0) {
+              more = false
+              break
+            }
+            if (count === 4) {
               return this.#stop(
                 this.#malformed(
                   'remaining_length',
@@ -267,42 +308,44 @@ export class MqttFramer {
                 safe,
               )
             }
-            this.#multiplier *= 128
-            break
           }
-          this.#headerSize = this.#headLength
+          this.#length = length
+          this.#lengthBytes = count
+          if (more) break // the header goes on in the next chunk
+          this.#headerSize = count + 1
           const fault = this.#judgeLength()
           if (fault !== undefined) return this.#stop(fault, released, safe)
-          const size = this.#headerSize + this.#length
+          const size = this.#headerSize + length
           const events = this.#events
           if (events?.mqttPacket?.(this.#type as PacketTypeValue, this.#flags, size) === false) {
             return this.#stop(undefined, released, safe)
           }
           if (this.#type === PacketType.CONNECT) {
-            if (n - i >= this.#length) {
+            if (n - i >= length) {
               // The CONNECT's body is all in this chunk: read it where it is.
-              const end = i + this.#length
+              const end = i + length
               const connectFault = this.#readConnect(chunk, i, end)
               if (connectFault !== undefined) return this.#stop(connectFault, released, safe)
-              released ??= this.#releaseHead()
+              released ??= this.#releaseHeld()
               i = end
               safe = i
               this.#state = START
             } else {
               const connect = Buffer.allocUnsafe(size)
-              this.#head.copy(connect, 0, 0, this.#headerSize)
+              this.#writeHeader(connect, this.#headerSize)
               this.#connect = connect
               this.#connectFill = this.#headerSize
               this.#state = CONNECT_BODY
             }
           } else if (this.#type === PacketType.CONNACK) {
             // At least 2 bytes follow: every level's minimum length for a CONNACK (packet.ts).
+            this.#connackFlags = -1
             this.#state = CONNACK_BODY
           } else {
-            released ??= this.#releaseHead()
+            released ??= this.#releaseHeld()
             safe = i
-            this.#left = this.#length
-            this.#state = this.#length === 0 ? START : BODY
+            this.#left = length
+            this.#state = length === 0 ? START : BODY
           }
           break
         }
@@ -324,15 +367,29 @@ export class MqttFramer {
           break
         }
         case CONNACK_BODY: {
-          this.#head[this.#headLength++] = chunk[i++] as number // i < n
-          if (this.#headLength < this.#headerSize + 2) break
-          const info = readConnack(this.#head, this.#headerSize, this.#level)
+          let info: ConnackInfo | ReadFault
+          if (this.#connackFlags === -1) {
+            if (n - i < 2) {
+              // The code is in the next chunk: keep the flags until then.
+              this.#connackFlags = chunk[i++] as number // i < n
+              break
+            }
+            info = readConnack(chunk, i, this.#level)
+            i += 2
+          } else {
+            info = readConnack(
+              Buffer.from([this.#connackFlags, chunk[i++] as number]), // i < n
+              0,
+              this.#level,
+            )
+          }
           if ('reason' in info) {
             return this.#stop(this.#malformed(info.reason, info.detail), released, safe)
           }
           this.#opened = true
+          this.#updateAccepted()
           this.#events?.mqttConnack?.(info)
-          released ??= this.#releaseHead()
+          released ??= this.#releaseHeld()
           safe = i
           this.#left = this.#length - 2
           this.#state = this.#left === 0 ? START : BODY
@@ -340,19 +397,34 @@ export class MqttFramer {
         }
       }
     }
-    // What follows `safe` is the start of a packet not judged yet, already copied as it was
-    // read (into #head or #connect): hold it for a later push.
+    // What follows `safe` is the start of a packet not judged yet, kept as it was read (as
+    // numbers, or copied into #connect): hold it for a later push.
     this.#held += n - safe
     this.#position += n
     return { released, forward: safe, stopped: false, error: undefined }
   }
 
-  // Type and flags, from the packet's first byte: returns the error, or undefined.
-  #judgeFirstByte(byte: number): MqttMalformedError | undefined {
-    const type = byte >> 4
-    const flags = byte & 0x0f
-    this.#type = type
-    this.#flags = flags
+  // The types #judgeFirstByte lets through at this point of the stream: before the CONNECT
+  // (CONNACK), only it, or an MQTT 5 broker's AUTH; after it, what the level's rules let this
+  // side send (never type 0, nor AUTH at levels 3 and 4), bar a second CONNECT (CONNACK).
+  #updateAccepted(): void {
+    const client = this.sender === 'client'
+    const opener = 1 << (client ? PacketType.CONNECT : PacketType.CONNACK)
+    if (this.#opened) {
+      this.#accepted = (client ? this.#rules.fromClient : this.#rules.fromBroker) & ~opener
+    } else if (client) {
+      this.#accepted = opener
+    } else {
+      const level = this.#level
+      this.#accepted = level === 3 || level === 4 ? opener : opener | (1 << PacketType.AUTH)
+    }
+  }
+
+  // Type and flags, from the packet's first byte (#type, #flags): returns the error, or
+  // undefined. The whole of the rules; push() calls it only for what #accepted leaves out.
+  #judgeFirstByte(): MqttMalformedError | undefined {
+    const type = this.#type
+    const flags = this.#flags
     const level = this.#level
     if (type === 0 || (type === PacketType.AUTH && (level === 3 || level === 4))) {
       return this.#malformed('reserved_type', `packet type ${type} is reserved`)
@@ -424,17 +496,35 @@ export class MqttFramer {
     this.#opened = true
     this.#level = info.level
     this.#rules = rulesFor(info.level)
+    this.#updateAccepted()
     this.#peer?.setLevel(info.level)
     this.#events?.mqttConnect?.(info)
     return undefined
   }
 
-  // The held header bytes, now judged, as a buffer of their own (#head is reused).
-  #releaseHead(): Buffer | undefined {
-    if (this.#held === 0) return undefined
-    const head = Buffer.from(this.#head.subarray(0, this.#held))
+  // The bytes of the current packet held from earlier chunks (its header, and perhaps the
+  // CONNACK's flags), now judged, told again from the numbers they were read into.
+  #releaseHeld(): Buffer | undefined {
+    const held = this.#held
+    if (held === 0) return undefined
+    const out = Buffer.allocUnsafe(held)
+    this.#writeHeader(out, Math.min(held, this.#headerSize))
+    if (held > this.#headerSize) out[this.#headerSize] = this.#connackFlags
     this.#held = 0
-    return head
+    return out
+  }
+
+  // The first `count` bytes of the current packet's complete fixed header into `into`. A
+  // Remaining Length is base-128 digits with a continuation bit on all but the last, so its
+  // bytes follow from its value and their number, even when the encoding is not the shortest
+  // (0x80 0x00 for 0): the stream forwarded is the one received, byte for byte.
+  #writeHeader(into: Buffer, count: number): void {
+    into[0] = (this.#type << 4) | this.#flags
+    const last = this.#headerSize - 1
+    for (let j = 1; j < count; j++) {
+      const digit = Math.floor(this.#length / (DIGIT_WEIGHT[j - 1] as number)) % 128 // j <= 4
+      into[j] = j < last ? digit | 0x80 : digit
+    }
   }
 
   #stop(
