@@ -427,6 +427,9 @@ async function throughputRun(lg, sut, broker, t) {
     seconds: r.seconds,
     msgPerSec: r.delivered / r.seconds,
     cpuUsPerMsg: sut.pid ? (m.sutCpuSeconds * 1e6) / r.delivered : null,
+    // User-space CPU alone: where a change in the process's own code (e.g. the framer) shows,
+    // without the kernel's send path, which is most of the total and most of its noise.
+    userUsPerMsg: sut.pid ? ((m.sutCpuSeconds - m.sutSystemSeconds) * 1e6) / r.delivered : null,
     syscallsPerMsg: sut.pid ? m.sutSyscalls / r.delivered : null,
     kernelShare: sut.pid && m.sutCpuSeconds > 0 ? m.sutSystemSeconds / m.sutCpuSeconds : null,
     util: m.util,
@@ -713,13 +716,15 @@ async function main() {
               for (const mode of round % 2 === 0 ? ['on', 'off'] : ['off', 'on']) {
                 const r = await throughputRun(lg, suts[mode], broker, t)
                 progress(
-                  `inspect ${transport} ${t.size} B x ${t.count * PLAN.pairs} (${round + 1}/${PLAN.inspect.rounds}) ${mode}: ${r.cpuUsPerMsg.toFixed(2)} µs/msg, ${Math.round(r.msgPerSec)} msg/s, limit: ${r.limit}`,
+                  `inspect ${transport} ${t.size} B x ${t.count * PLAN.pairs} (${round + 1}/${PLAN.inspect.rounds}) ${mode}: ${r.cpuUsPerMsg.toFixed(2)} µs/msg (user ${r.userUsPerMsg.toFixed(2)}), ${Math.round(r.msgPerSec)} msg/s, limit: ${r.limit}`,
                 )
                 runs[mode].push(r)
               }
             }
             const cpu = (mode) => runs[mode].map((r) => r.cpuUsPerMsg)
             const ratios = runs.on.map((r, i) => r.cpuUsPerMsg / runs.off[i].cpuUsPerMsg)
+            const user = (mode) => runs[mode].map((r) => r.userUsPerMsg)
+            const userRatios = runs.on.map((r, i) => r.userUsPerMsg / runs.off[i].userUsPerMsg)
             const m = {
               transport,
               onCpuUsPerMsg: cpu('on'),
@@ -732,6 +737,10 @@ async function main() {
               medianRatio: median(ratios),
               minRatio: Math.min(...ratios),
               maxRatio: Math.max(...ratios),
+              onUserMedian: median(user('on')),
+              offUserMedian: median(user('off')),
+              userRatios,
+              userMedianRatio: median(userRatios),
               onMsgPerSec: median(runs.on.map((r) => r.msgPerSec)),
               offMsgPerSec: median(runs.off.map((r) => r.msgPerSec)),
               lost: [...runs.on, ...runs.off].reduce((n, r) => n + r.lost + r.seqErrors, 0),

@@ -219,7 +219,7 @@ export function report(doc) {
     out.push(
       `### mqtt.inspect on against off (CPU per delivered message, ${p.rounds} rounds, ${p.pairs} pairs)`,
       '',
-      'The same build twice side by side, the only difference `DRAWBRIDGE_MQTT_INSPECT`; each round runs both, in alternating order (on-off, off-on, ...), and "on/off" is the ratio within each round. The median of the rounds is the figure; the spread (min-max) is the noise of this host.',
+      'The same build twice side by side, the only difference `DRAWBRIDGE_MQTT_INSPECT`; each round runs both, in alternating order (on-off, off-on, ...), and "on/off" is the ratio within each round. The median of the rounds is the figure; the spread (min-max) is the noise of this host. "user CPU" is the user-space part alone (the framer runs there; the kernel\'s send path, most of the total and of its noise, does not).',
       '',
     )
     const rows = []
@@ -235,6 +235,7 @@ export function report(doc) {
           m.ratios.map((v) => v.toFixed(2)).join(', '),
           `**${m.medianRatio.toFixed(2)}×**`,
           `${m.minRatio.toFixed(2)}-${m.maxRatio.toFixed(2)}`,
+          `${num(m.onUserMedian)} / ${num(m.offUserMedian)} (${m.userMedianRatio.toFixed(2)}×)`,
           `${num(m.onMsgPerSec)} / ${num(m.offMsgPerSec)}`,
           String(m.lost),
         ])
@@ -250,6 +251,7 @@ export function report(doc) {
           'on/off by round',
           'on/off median',
           'spread',
+          'user CPU µs/msg on / off (median ratio)',
           'msg/s on / off',
           'lost',
         ],
