@@ -156,10 +156,31 @@ t.test('dashboard and alert rules name only metrics the gateway exposes', async 
     'drawbridge_tls_certificate_expiry_timestamp_seconds',
     'process_cpu_seconds_total',
     'process_resident_memory_bytes',
+    // Issue 13: what the MQTT framers see, and the guards.
+    'drawbridge_mqtt_packets_total',
+    'drawbridge_mqtt_connects_total',
+    'drawbridge_mqtt_connacks_total',
+    'drawbridge_mqtt_refusals_total',
+    'drawbridge_mqtt_malformed_total',
+    'drawbridge_mqtt_subprotocol_mismatch_total',
   ]) {
     t.ok(
       dashboardExpressions(dashboard).some((e) => metricNames(e).includes(needed)),
       `dashboard shows ${needed}`,
+    )
+  }
+  // Every MQTT metric, including any added later, is on the dashboard, as a rate (they are all
+  // counters: a raw total says little on a graph).
+  const mqttMetrics = Object.values(METRIC)
+    .filter((name) => name.startsWith('mqtt_'))
+    .map((name) => `${METRIC_PREFIX}${name}`)
+  t.equal(mqttMetrics.length, 6)
+  for (const metric of mqttMetrics) {
+    const exprs = dashboardExpressions(dashboard).filter((e) => metricNames(e).includes(metric))
+    t.ok(exprs.length > 0, `dashboard shows ${metric}`)
+    t.ok(
+      exprs.some((e) => new RegExp(`rate\\(${metric}\\{`).test(e)),
+      `${metric}: shown as a rate`,
     )
   }
   for (const alert of [
