@@ -322,9 +322,15 @@ async function latency({ id, target, rate, seconds, size, warmup }) {
 }
 
 const idleConns = []
+/** With `subscribe`, each idle connection's own topic (idle-traffic publishes to it). */
+const idleTopics = []
+let idleReceived = 0
 
-/** Idle: opens `clients` MQTT connections (CONNECT/CONNACK, keep-alive off) and holds them. */
-async function idleOpen({ target, clients, concurrency }) {
+/**
+ * Idle: opens `clients` MQTT connections (CONNECT/CONNACK, keep-alive off) and holds them.
+ * With `subscribe`, each also subscribes to a topic of its own, for idle-traffic.
+ */
+async function idleOpen({ target, clients, concurrency, subscribe: sub = false }) {
   const tag = randomBytes(4).toString('hex')
   const t0 = performance.now()
   let next = 0
@@ -334,7 +340,10 @@ async function idleOpen({ target, clients, concurrency }) {
     while (next < clients && performance.now() - t0 < 300_000) {
       const n = next++
       try {
-        idleConns.push(await mqttClient(target, `idle-${tag}-${n}`, () => {}))
+        const topic = sub ? `idle/${tag}/${n}` : undefined
+        const conn = await mqttClient(target, `idle-${tag}-${n}`, () => void idleReceived++, topic)
+        idleConns.push(conn)
+        idleTopics.push(topic)
       } catch (err) {
         failed++
         firstError ??= err.message
@@ -346,7 +355,37 @@ async function idleOpen({ target, clients, concurrency }) {
   return { opened: idleConns.length, failed, firstError, seconds: (performance.now() - t0) / 1000 }
 }
 
+/**
+ * Some traffic on every idle connection, then idle again: each sends `messages` QoS 0
+ * PUBLISHes of `size` bytes to its own topic (so each comes back to it through the broker),
+ * every one in two WebSocket frames cut after its first byte, so the packet's header straddles
+ * two chunks. Resolves once every message came back, or after `maxSeconds`.
+ */
+async function idleTraffic({ messages, size, maxSeconds }) {
+  const t0 = performance.now()
+  const expected = idleReceived + idleConns.length * messages
+  for (let i = 0; i < idleConns.length; i++) {
+    const topic = idleTopics[i]
+    if (topic === undefined) continue
+    const { packet } = publish(topic, size)
+    for (let k = 0; k < messages; k++) {
+      idleConns[i].send(packet.subarray(0, 1))
+      idleConns[i].send(packet.subarray(1))
+    }
+    if (i % 100 === 99) await new Promise((r) => setImmediate(r))
+  }
+  while (idleReceived < expected && performance.now() - t0 < maxSeconds * 1000) {
+    await new Promise((r) => setTimeout(r, 20))
+  }
+  return {
+    expected: idleConns.length * messages,
+    received: idleConns.length * messages - (expected - idleReceived),
+    seconds: (performance.now() - t0) / 1000,
+  }
+}
+
 async function idleClose() {
+  idleTopics.length = 0
   const conns = idleConns.splice(0)
   await within(60_000, 'closing idle connections', Promise.all(conns.map((c) => c.close()))).catch(
     () => {},
@@ -477,7 +516,14 @@ async function handshake({ id, target, count, concurrency, resume, maxSeconds })
   }
 }
 
-const handlers = { throughput, latency, 'idle-open': idleOpen, 'idle-close': idleClose, handshake }
+const handlers = {
+  throughput,
+  latency,
+  'idle-open': idleOpen,
+  'idle-traffic': idleTraffic,
+  'idle-close': idleClose,
+  handshake,
+}
 
 process.on('message', (msg) => {
   if (msg.go) {

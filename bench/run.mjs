@@ -38,7 +38,7 @@ const USAGE = `Usage: npm run bench -- [options]
   --workloads a,b      only these workloads (throughput, latency, idle, setup, inspect,
                        inspect-memory)
   --inspect-rounds N   on/off rounds of the inspect workload (each round runs both, in
-                       alternating order; default 4, quick 2)
+                       alternating order; default 6, quick 2)
   --inspect-transports ws,wss
                        transports of the inspect and inspect-memory workloads (default both)
   --sizes 64,1024      only these throughput payload sizes
@@ -128,8 +128,8 @@ const PLAN = opts.quick
           { size: 64, count: 100_000, window: 1000 },
           { size: 1024, count: 50_000, window: 256 },
         ],
-        rounds: 4,
-        memory: { clients: 1000, rounds: 2, settleMs: 2000 },
+        rounds: 6,
+        memory: { clients: 1000, rounds: 3, settleMs: 2000 },
       },
     }
 if (opts.repeat !== undefined) PLAN.repeat = Math.max(1, Number(opts.repeat))
@@ -509,11 +509,20 @@ async function idleMemoryRun(lg, sut, clients, inspectPort, settleMs) {
     await lg.request('idle-close', {})
     await sleep(1000)
     const before = await session.memoryAfterGc(sut.pid)
-    const opened = await lg.request('idle-open', { target: sut.target, clients, concurrency: 50 })
+    const opened = await lg.request('idle-open', {
+      target: sut.target,
+      clients,
+      concurrency: 50,
+      subscribe: true,
+    })
     await sleep(settleMs)
     const after = await session.memoryAfterGc(sut.pid)
+    // Then some traffic on every connection, headers cut across frames, and idle again.
+    const traffic = await lg.request('idle-traffic', { messages: 10, size: 64, maxSeconds: 30 })
+    await sleep(settleMs)
+    const afterTraffic = await session.memoryAfterGc(sut.pid)
     await lg.request('idle-close', {})
-    const per = (key) => (opened.opened > 0 ? (after[key] - before[key]) / opened.opened : NaN)
+    const per = (m, key) => (opened.opened > 0 ? (m[key] - before[key]) / opened.opened : NaN)
     return {
       clients,
       opened: opened.opened,
@@ -521,9 +530,13 @@ async function idleMemoryRun(lg, sut, clients, inspectPort, settleMs) {
       firstError: opened.firstError,
       before,
       after,
-      rssKiBPerConn: per('rssKiB'),
-      heapKiBPerConn: per('heapUsedKiB'),
-      externalKiBPerConn: per('externalKiB'),
+      afterTraffic,
+      traffic,
+      rssKiBPerConn: per(after, 'rssKiB'),
+      heapKiBPerConn: per(after, 'heapUsedKiB'),
+      externalKiBPerConn: per(after, 'externalKiB'),
+      trafficRssKiBPerConn: per(afterTraffic, 'rssKiB'),
+      trafficHeapKiBPerConn: per(afterTraffic, 'heapUsedKiB'),
     }
   } finally {
     await session.close()
@@ -782,7 +795,7 @@ async function main() {
               idleMemoryRun(lg, sut, clients, inspectPort, settleMs),
             )
             progress(
-              `inspect-memory ${transport} ${clients} clients (${round + 1}/${rounds}) ${mode}: ${r.rssKiBPerConn.toFixed(1)} KiB RSS, ${r.heapKiBPerConn.toFixed(2)} KiB heap, ${r.externalKiBPerConn.toFixed(2)} KiB external per conn (${r.opened} open, ${r.failed} failed)`,
+              `inspect-memory ${transport} ${clients} clients (${round + 1}/${rounds}) ${mode}: ${r.rssKiBPerConn.toFixed(1)} KiB RSS, ${r.heapKiBPerConn.toFixed(2)} KiB heap, ${r.externalKiBPerConn.toFixed(2)} KiB external per conn (${r.opened} open, ${r.failed} failed); after traffic ${r.trafficRssKiBPerConn.toFixed(1)} KiB RSS, ${r.trafficHeapKiBPerConn.toFixed(2)} KiB heap (${r.traffic.received}/${r.traffic.expected} messages back)`,
             )
             runs[mode].push(r)
           }
@@ -799,11 +812,15 @@ async function main() {
               rssKiBPerConn: med('on', 'rssKiBPerConn'),
               heapKiBPerConn: med('on', 'heapKiBPerConn'),
               externalKiBPerConn: med('on', 'externalKiBPerConn'),
+              trafficRssKiBPerConn: med('on', 'trafficRssKiBPerConn'),
+              trafficHeapKiBPerConn: med('on', 'trafficHeapKiBPerConn'),
             },
             off: {
               rssKiBPerConn: med('off', 'rssKiBPerConn'),
               heapKiBPerConn: med('off', 'heapKiBPerConn'),
               externalKiBPerConn: med('off', 'externalKiBPerConn'),
+              trafficRssKiBPerConn: med('off', 'trafficRssKiBPerConn'),
+              trafficHeapKiBPerConn: med('off', 'trafficHeapKiBPerConn'),
             },
             failed: [...runs.on, ...runs.off].reduce((n, r) => n + r.failed, 0),
             runs,

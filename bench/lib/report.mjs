@@ -266,7 +266,7 @@ export function report(doc) {
     out.push(
       '### mqtt.inspect on against off: memory per idle connection, after a full GC',
       '',
-      'A fresh process per measurement: a warm-up wave, a full GC (DevTools HeapProfiler.collectGarbage, twice), the baseline; then the clients connect (CONNECT/CONNACK), settle, another full GC. Medians over the rounds.',
+      'A fresh process per measurement: a warm-up wave, a full GC (DevTools HeapProfiler.collectGarbage, twice), the baseline; then the clients connect (CONNECT/CONNACK/SUBSCRIBE), settle, another full GC ("idle"). Then each sends 10 PUBLISHes of 64 B to its own topic, each in two WebSocket frames cut after its first byte (a header across two chunks), gets them back, settles, full GC ("after traffic"). Medians over the rounds.',
       '',
     )
     const rows = [...memory.values()].map((r) => {
@@ -280,6 +280,8 @@ export function report(doc) {
         `${num(m.on.heapKiBPerConn, 2)} / ${num(m.off.heapKiBPerConn, 2)}`,
         d('heapKiBPerConn'),
         `${num(m.on.externalKiBPerConn, 2)} / ${num(m.off.externalKiBPerConn, 2)}`,
+        `${num(m.on.trafficRssKiBPerConn, 1)} / ${num(m.off.trafficRssKiBPerConn, 1)}`,
+        `${num(m.on.trafficHeapKiBPerConn, 2)} / ${num(m.off.trafficHeapKiBPerConn, 2)}`,
         String(m.failed),
       ]
     })
@@ -288,11 +290,13 @@ export function report(doc) {
         [
           'transport',
           'clients',
-          'RSS KiB/conn on / off',
+          'idle: RSS KiB/conn on / off',
           'RSS on − off',
-          'heap KiB/conn on / off',
+          'idle: heap KiB/conn on / off',
           'heap on − off',
           'external KiB/conn on / off',
+          'after traffic: RSS on / off',
+          'after traffic: heap on / off',
           'failed',
         ],
         rows,
