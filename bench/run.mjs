@@ -39,6 +39,8 @@ const USAGE = `Usage: npm run bench -- [options]
                        inspect-memory)
   --inspect-rounds N   on/off rounds of the inspect workload (each round runs both, in
                        alternating order; default 6, quick 2)
+  --inspect-mode M     together (default): each round runs on and off at the same time,
+                       from one start; alternate: one after the other, order alternating
   --inspect-transports ws,wss
                        transports of the inspect and inspect-memory workloads (default both)
   --sizes 64,1024      only these throughput payload sizes
@@ -50,6 +52,8 @@ const USAGE = `Usage: npm run bench -- [options]
   --workers 1,2        also run Drawbridge over ws as N node:cluster workers on one port
   --drawbridge-dist D  run the Drawbridge systems from another build's dist/ (e.g. a merge preview)
   --cpu-prof DIR       run Drawbridge with --cpu-prof, profiles written to DIR
+  --cpu-prof-interval US
+                       sampling interval of --cpu-prof in µs (node's default 1000)
   --scrape MS          scrape each Drawbridge's /metrics every MS during measurements, as
                        Prometheus would (default 1000; 0 = never)
   --out FILE           results JSON path (default bench/results/<date>.json)
@@ -66,12 +70,14 @@ const { values: opts } = parseArgs({
     idle: { type: 'string' },
     'drawbridge-env': { type: 'string', multiple: true },
     'cpu-prof': { type: 'string' },
+    'cpu-prof-interval': { type: 'string' },
     ab: { type: 'string' },
     'drawbridge-dist': { type: 'string' },
     'ab-env': { type: 'string', multiple: true },
     workers: { type: 'string' },
     'inspect-rounds': { type: 'string' },
     'inspect-transports': { type: 'string', default: 'ws,wss' },
+    'inspect-mode': { type: 'string', default: 'together' },
     scrape: { type: 'string', default: '1000' },
     out: { type: 'string' },
     help: { type: 'boolean', short: 'h' },
@@ -143,6 +149,11 @@ if (opts.sizes !== undefined) {
   PLAN.inspect.throughput = PLAN.inspect.throughput.filter((t) => sizes.has(t.size))
 }
 // With --systems, only the transports whose Drawbridge system was asked for.
+const inspectTogether = opts['inspect-mode'] !== 'alternate'
+if (!['together', 'alternate'].includes(opts['inspect-mode'])) {
+  process.stderr.write(`--inspect-mode: together or alternate, not ${opts['inspect-mode']}\n`)
+  process.exit(2)
+}
 const inspectTransports = opts['inspect-transports']
   .split(',')
   .filter((t) => t !== '' && (!opts.systems || opts.systems.split(',').includes(`drawbridge-${t}`)))
@@ -269,7 +280,10 @@ class Loadgen {
     return this.#entry.child.pid
   }
 
-  /** Runs one command; `onReady` runs (to take the "before" sample) just before it starts. */
+  /**
+   * Runs one command; `onReady` runs (to take the "before" sample) just before it starts. When
+   * it returns a promise, the command starts once that resolves (see barrier()).
+   */
   request(cmd, params, { onReady, timeoutMs = 600_000 } = {}) {
     const id = ++this.#next
     return new Promise((resolve, reject) => {
@@ -300,8 +314,9 @@ class Loadgen {
     const p = this.#pending.get(msg.id)
     if (!p) return
     if (msg.ready) {
-      p.onReady?.()
-      this.#entry.child.send({ id: msg.id, go: true })
+      void Promise.resolve(p.onReady?.()).then(() => {
+        if (this.#entry.child.connected) this.#entry.child.send({ id: msg.id, go: true })
+      })
       return
     }
     this.#pending.delete(msg.id)
@@ -380,11 +395,30 @@ function startScraping(sut) {
   }
 }
 
-async function measured(lg, sut, broker, cmd, params) {
+/**
+ * For `n` measurements run at the same time: each calls arrive(takeSample) once it is ready;
+ * the samples are all taken, and every one of them started, once the last has arrived.
+ */
+function barrier(n) {
+  const waiting = []
+  let release
+  const all = new Promise((resolve) => (release = resolve))
+  return (takeSample) => {
+    waiting.push(takeSample)
+    if (waiting.length === n) {
+      for (const take of waiting) take()
+      release()
+    }
+    return all
+  }
+}
+
+async function measured(lg, sut, broker, cmd, params, arrive) {
   let before
   const stopScraping = startScraping(sut)
+  const takeSample = () => (before = sample(sut, broker, lg))
   const result = await lg.request(cmd, params, {
-    onReady: () => (before = sample(sut, broker, lg)),
+    onReady: arrive ? () => arrive(takeSample) : takeSample,
   })
   const after = sample(sut, broker, lg)
   const scrapes = await stopScraping()
@@ -408,16 +442,24 @@ async function measured(lg, sut, broker, cmd, params) {
   }
 }
 
-async function throughputRun(lg, sut, broker, t) {
+/** `arrive`: from barrier(), when this run starts together with others. */
+async function throughputRun(lg, sut, broker, t, arrive) {
   const { size, count } = t
-  const m = await measured(lg, sut, broker, 'throughput', {
-    target: sut.target,
-    pairs: PLAN.pairs,
-    count,
-    size,
-    window: t.window,
-    maxSeconds: PLAN.maxSeconds,
-  })
+  const m = await measured(
+    lg,
+    sut,
+    broker,
+    'throughput',
+    {
+      target: sut.target,
+      pairs: PLAN.pairs,
+      count,
+      size,
+      window: t.window,
+      maxSeconds: PLAN.maxSeconds,
+    },
+    arrive,
+  )
   const r = m.result
   return {
     sent: r.sent,
@@ -588,6 +630,9 @@ async function main() {
     if (opts['cpu-prof']) {
       mkdirSync(opts['cpu-prof'], { recursive: true })
       nodeFlags.push('--cpu-prof', `--cpu-prof-dir=${path.resolve(opts['cpu-prof'])}`)
+      if (opts['cpu-prof-interval'] !== undefined) {
+        nodeFlags.push(`--cpu-prof-interval=${Number(opts['cpu-prof-interval'])}`)
+      }
     }
     const envPairs = (list) =>
       Object.fromEntries(
@@ -723,11 +768,25 @@ async function main() {
           for (const t of PLAN.inspect.throughput) {
             // One unrecorded run each first, so neither is measured while its JIT warms up.
             const warm = { ...t, count: Math.ceil(t.count / 4) }
+            // (one after the other: the warm-up is not measured)
             for (const mode of ['on', 'off']) await throughputRun(lg, suts[mode], broker, warm)
             const runs = { on: [], off: [] }
             for (let round = 0; round < PLAN.inspect.rounds; round++) {
-              for (const mode of round % 2 === 0 ? ['on', 'off'] : ['off', 'on']) {
-                const r = await throughputRun(lg, suts[mode], broker, t)
+              const order = round % 2 === 0 ? ['on', 'off'] : ['off', 'on']
+              const done = []
+              if (inspectTogether) {
+                // Both at once, from one barrier: whatever else the host does in that window,
+                // it does to both.
+                const arrive = barrier(2)
+                const rs = await Promise.all(
+                  order.map((mode) => throughputRun(lg, suts[mode], broker, t, arrive)),
+                )
+                order.forEach((mode, k) => done.push([mode, rs[k]]))
+              } else {
+                for (const mode of order)
+                  done.push([mode, await throughputRun(lg, suts[mode], broker, t)])
+              }
+              for (const [mode, r] of done) {
                 progress(
                   `inspect ${transport} ${t.size} B x ${t.count * PLAN.pairs} (${round + 1}/${PLAN.inspect.rounds}) ${mode}: ${r.cpuUsPerMsg.toFixed(2)} µs/msg (user ${r.userUsPerMsg.toFixed(2)}), ${Math.round(r.msgPerSec)} msg/s, limit: ${r.limit}`,
                 )
@@ -764,7 +823,12 @@ async function main() {
             )
             results.push({
               workload: `inspect-${t.size}`,
-              params: { ...t, pairs: PLAN.pairs, rounds: PLAN.inspect.rounds },
+              params: {
+                ...t,
+                pairs: PLAN.pairs,
+                rounds: PLAN.inspect.rounds,
+                mode: inspectTogether ? 'together' : 'alternate',
+              },
               system: `drawbridge-${transport}`,
               metrics: m,
             })

@@ -219,7 +219,7 @@ export function report(doc) {
     out.push(
       `### mqtt.inspect on against off (CPU per delivered message, ${p.rounds} rounds, ${p.pairs} pairs)`,
       '',
-      'The same build twice side by side, the only difference `DRAWBRIDGE_MQTT_INSPECT`; each round runs both, in alternating order (on-off, off-on, ...), and "on/off" is the ratio within each round. The median of the rounds is the figure; the spread (min-max) is the noise of this host. "user CPU" is the user-space part alone (the framer runs there; the kernel\'s send path, most of the total and of its noise, does not).',
+      `The same build twice side by side, the only difference \`DRAWBRIDGE_MQTT_INSPECT\`; ${p.mode === 'alternate' ? 'each round runs both, one after the other in alternating order (on-off, off-on, ...)' : 'each round runs both at the same time, started together, from the same load generator (each with its own topics), so what else the host does in that window it does to both'}, and "on/off" is the ratio within each round. The median of the rounds is the figure; the spread (min-max) is the noise of this host. "user CPU" is the user-space part alone (the framer runs there; the kernel's send path, most of the total and of its noise, does not).`,
       '',
     )
     const rows = []
