@@ -248,154 +248,158 @@ export class MqttFramer {
     let safe = 0
     let released: Buffer | undefined
     while (i < n) {
-      switch (this.#state) {
-        case BODY: {
-          const available = n - i
-          if (available < this.#left) {
-            this.#left -= available
-            i = n
-          } else {
-            i += this.#left
-            this.#left = 0
-            this.#state = START
-          }
-          safe = i
-          break
-        }
-        case START: {
-          const byte = chunk[i] as number // i < n
-          this.#packetStart = this.#position + i
-          const type = byte >> 4
-          const flags = byte & 0x0f
-          this.#type = type
-          this.#flags = flags
-          // Most packets: a type accepted here, with sound flags (a PUBLISH's are its QoS).
-          if (
-            ((this.#accepted >> type) & 1) === 0 ||
-            (type === PacketType.PUBLISH
-              ? (flags & 0x06) === 0x06
-              : badFlags(type, flags, this.#rules.strictFlags) !== undefined)
-          ) {
-            const fault = this.#judgeFirstByte()
-            if (fault !== undefined) return this.#stop(fault, released, safe)
-          }
-          this.#length = 0
-          this.#lengthBytes = 0
-          this.#state = LENGTH
-          i++
-          break
-        }
-        case LENGTH: {
-          // As many Remaining Length bytes as this chunk holds, in one go.
-          let length = this.#length
-          let count = this.#lengthBytes
-          let more = true
-          while (i < n) {
-            const byte = chunk[i++] as number // i < n
-            length += (byte & 0x7f) * (DIGIT_WEIGHT[count] as number) // count < 4
-            count++
-            if ((byte & 0x80) === 0) {
-              more = false
-              break
-            }
-            if (count === 4) {
-              return this.#stop(
-                this.#malformed(
-                  'remaining_length',
-                  `the ${this.#name()} remaining length does not end within 4 bytes`,
-                ),
-                released,
-                safe,
-              )
-            }
-          }
-          this.#length = length
-          this.#lengthBytes = count
-          if (more) break // the header goes on in the next chunk
-          this.#headerSize = count + 1
-          const fault = this.#judgeLength()
-          if (fault !== undefined) return this.#stop(fault, released, safe)
-          const size = this.#headerSize + length
-          const events = this.#events
-          if (events?.mqttPacket?.(this.#type as PacketTypeValue, this.#flags, size) === false) {
-            return this.#stop(undefined, released, safe)
-          }
-          if (this.#type === PacketType.CONNECT) {
-            if (n - i >= length) {
-              // The CONNECT's body is all in this chunk: read it where it is.
-              const end = i + length
-              const connectFault = this.#readConnect(chunk, i, end)
-              if (connectFault !== undefined) return this.#stop(connectFault, released, safe)
-              released ??= this.#releaseHeld()
-              i = end
-              safe = i
-              this.#state = START
-            } else {
-              const connect = Buffer.allocUnsafe(size)
-              this.#writeHeader(connect, this.#headerSize)
-              this.#connect = connect
-              this.#connectFill = this.#headerSize
-              this.#state = CONNECT_BODY
-            }
-          } else if (this.#type === PacketType.CONNACK) {
-            // At least 2 bytes follow: every level's minimum length for a CONNACK (packet.ts).
-            this.#connackFlags = -1
-            this.#state = CONNACK_BODY
-          } else {
-            released ??= this.#releaseHeld()
-            safe = i
-            this.#left = length
-            this.#state = length === 0 ? START : BODY
-          }
-          break
-        }
-        case CONNECT_BODY: {
-          const connect = this.#connect as Buffer // set with the state
-          const take = Math.min(n - i, connect.length - this.#connectFill)
-          chunk.copy(connect, this.#connectFill, i, i + take)
-          this.#connectFill += take
-          i += take
-          if (this.#connectFill < connect.length) break
-          const fault = this.#readConnect(connect, this.#headerSize, connect.length)
-          if (fault !== undefined) return this.#stop(fault, released, safe)
-          // The copy of the earlier chunks' bytes is handed over; the framer keeps no reference.
-          released = this.#held === 0 ? undefined : connect.subarray(0, this.#held)
-          this.#held = 0
-          this.#connect = undefined
-          safe = i
+      const state = this.#state
+      if (state === BODY) {
+        const available = n - i
+        if (available < this.#left) {
+          this.#left -= available
+          i = n
+        } else {
+          i += this.#left
+          this.#left = 0
           this.#state = START
-          break
         }
-        case CONNACK_BODY: {
-          let info: ConnackInfo | ReadFault
-          if (this.#connackFlags === -1) {
-            if (n - i < 2) {
-              // The code is in the next chunk: keep the flags until then.
-              this.#connackFlags = chunk[i++] as number // i < n
-              break
-            }
-            info = readConnack(chunk, i, this.#level)
-            i += 2
-          } else {
-            info = readConnack(
-              Buffer.from([this.#connackFlags, chunk[i++] as number]), // i < n
-              0,
-              this.#level,
+        safe = i
+        continue
+      }
+      if (state === START) {
+        const byte = chunk[i] as number // i < n
+        this.#packetStart = this.#position + i
+        const type = byte >> 4
+        const flags = byte & 0x0f
+        this.#type = type
+        this.#flags = flags
+        // Most packets: a type accepted here, with sound flags (a PUBLISH's are its QoS).
+        if (
+          ((this.#accepted >> type) & 1) === 0 ||
+          (type === PacketType.PUBLISH
+            ? (flags & 0x06) === 0x06
+            : badFlags(type, flags, this.#rules.strictFlags) !== undefined)
+        ) {
+          const fault = this.#judgeFirstByte()
+          if (fault !== undefined) return this.#stop(fault, released, safe)
+        }
+        this.#length = 0
+        this.#lengthBytes = 0
+        this.#state = LENGTH
+        i++
+        // On to the Remaining Length, in the same pass.
+      }
+      if (this.#state === LENGTH) {
+        // As many Remaining Length bytes as this chunk holds, in one go.
+        let length = this.#length
+        let count = this.#lengthBytes
+        let more = true
+        while (i < n) {
+          const byte = chunk[i++] as number // i < n
+          length += (byte & 0x7f) * (DIGIT_WEIGHT[count] as number) // count < 4
+          count++
+          if ((byte & 0x80) === 0) {
+            more = false
+            break
+          }
+          if (count === 4) {
+            return this.#stop(
+              this.#malformed(
+                'remaining_length',
+                `the ${this.#name()} remaining length does not end within 4 bytes`,
+              ),
+              released,
+              safe,
             )
           }
-          if ('reason' in info) {
-            return this.#stop(this.#malformed(info.reason, info.detail), released, safe)
+        }
+        this.#length = length
+        this.#lengthBytes = count
+        if (more) break // the header goes on in the next chunk
+        this.#headerSize = count + 1
+        const fault = this.#judgeLength()
+        if (fault !== undefined) return this.#stop(fault, released, safe)
+        const size = this.#headerSize + length
+        const events = this.#events
+        if (events?.mqttPacket?.(this.#type as PacketTypeValue, this.#flags, size) === false) {
+          return this.#stop(undefined, released, safe)
+        }
+        if (this.#type === PacketType.CONNECT) {
+          if (n - i >= length) {
+            // The CONNECT's body is all in this chunk: read it where it is.
+            const end = i + length
+            const connectFault = this.#readConnect(chunk, i, end)
+            if (connectFault !== undefined) return this.#stop(connectFault, released, safe)
+            released ??= this.#releaseHeld()
+            i = end
+            safe = i
+            this.#state = START
+          } else {
+            const connect = Buffer.allocUnsafe(size)
+            this.#writeHeader(connect, this.#headerSize)
+            this.#connect = connect
+            this.#connectFill = this.#headerSize
+            this.#state = CONNECT_BODY
           }
-          this.#opened = true
-          this.#updateAccepted()
-          this.#events?.mqttConnack?.(info)
+        } else if (this.#type === PacketType.CONNACK) {
+          // At least 2 bytes follow: every level's minimum length for a CONNACK (packet.ts).
+          this.#connackFlags = -1
+          this.#state = CONNACK_BODY
+        } else {
           released ??= this.#releaseHeld()
+          // The body, skipped here when it ends in this chunk (most do), else counted down.
+          if (n - i >= length) {
+            i += length
+            this.#state = START
+          } else {
+            this.#left = length - (n - i)
+            i = n
+            this.#state = BODY
+          }
           safe = i
-          this.#left = this.#length - 2
-          this.#state = this.#left === 0 ? START : BODY
+        }
+        continue
+      }
+      if (state === CONNECT_BODY) {
+        const connect = this.#connect as Buffer // set with the state
+        const take = Math.min(n - i, connect.length - this.#connectFill)
+        chunk.copy(connect, this.#connectFill, i, i + take)
+        this.#connectFill += take
+        i += take
+        if (this.#connectFill < connect.length) break
+        const fault = this.#readConnect(connect, this.#headerSize, connect.length)
+        if (fault !== undefined) return this.#stop(fault, released, safe)
+        // The copy of the earlier chunks' bytes is handed over; the framer keeps no reference.
+        released = this.#held === 0 ? undefined : connect.subarray(0, this.#held)
+        this.#held = 0
+        this.#connect = undefined
+        safe = i
+        this.#state = START
+        continue
+      }
+      // CONNACK_BODY: the CONNACK's acknowledge flags and code.
+      let info: ConnackInfo | ReadFault
+      if (this.#connackFlags === -1) {
+        if (n - i < 2) {
+          // The flags are the chunk's last byte, the code in the next chunk: keep them until then.
+          this.#connackFlags = chunk[i] as number // i === n - 1
           break
         }
+        info = readConnack(chunk, i, this.#level)
+        i += 2
+      } else {
+        info = readConnack(
+          Buffer.from([this.#connackFlags, chunk[i++] as number]), // i < n
+          0,
+          this.#level,
+        )
       }
+      if ('reason' in info) {
+        return this.#stop(this.#malformed(info.reason, info.detail), released, safe)
+      }
+      this.#opened = true
+      this.#updateAccepted()
+      this.#events?.mqttConnack?.(info)
+      released ??= this.#releaseHeld()
+      safe = i
+      this.#left = this.#length - 2
+      this.#state = this.#left === 0 ? START : BODY
     }
     // What follows `safe` is the start of a packet not judged yet, kept as it was read (as
     // numbers, or copied into #connect): hold it for a later push.
