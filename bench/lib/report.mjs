@@ -319,7 +319,7 @@ function inspectTargets(w, keys) {
       const size = r.params.size
       rows.push([
         `CPU/msg ${size >= 1024 ? `${size / 1024} KiB` : `${size} B`} ${m.transport}, inspect on ≤ 1.10 × off`,
-        `${m.medianRatio.toFixed(2)}× (median of ${m.ratios.length}; ${m.minRatio.toFixed(2)}-${m.maxRatio.toFixed(2)}), ${m.onMedian.toFixed(2)} vs ${m.offMedian.toFixed(2)} µs`,
+        `${m.medianRatio.toFixed(3)}× (median of ${m.ratios.length}; ${m.minRatio.toFixed(2)}-${m.maxRatio.toFixed(2)}), ${m.onMedian.toFixed(2)} vs ${m.offMedian.toFixed(2)} µs`,
         m.medianRatio <= 1.1 ? 'met' : '**not met**',
       ])
     }
