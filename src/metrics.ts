@@ -109,9 +109,6 @@ export interface ConnectionCounters {
   readonly framesToClient: number
   readonly pausesToBroker: number
   readonly pausesToClient: number
-  /** MQTT packets by type (0-15) each way; undefined when not inspected (mqtt.inspect=false). */
-  readonly packetsToBroker?: readonly number[] | undefined
-  readonly packetsToClient?: readonly number[] | undefined
 }
 
 /** A finished connection: its final counters and how it ended. */
@@ -147,8 +144,6 @@ interface Totals {
   framesToClient: number
   pausesToBroker: number
   pausesToClient: number
-  packetsToBroker: number[]
-  packetsToClient: number[]
 }
 
 function zeroTotals(): Totals {
@@ -159,8 +154,6 @@ function zeroTotals(): Totals {
     framesToClient: 0,
     pausesToBroker: 0,
     pausesToClient: 0,
-    packetsToBroker: new Array<number>(16).fill(0),
-    packetsToClient: new Array<number>(16).fill(0),
   }
 }
 
@@ -170,14 +163,7 @@ function copyTotals(from: Totals): Totals {
   return copy
 }
 
-function addPackets(into: number[], from: readonly number[] | undefined): void {
-  if (from === undefined) return
-  for (let type = 0; type < 16; type++) into[type] = (into[type] ?? 0) + (from[type] ?? 0)
-}
-
 function addTotals(into: Totals, from: ConnectionCounters | Totals): void {
-  addPackets(into.packetsToBroker, from.packetsToBroker)
-  addPackets(into.packetsToClient, from.packetsToClient)
   into.bytesToBroker += from.bytesToBroker
   into.bytesToClient += from.bytesToClient
   into.framesToBroker += from.framesToBroker
@@ -186,8 +172,22 @@ function addTotals(into: Totals, from: ConnectionCounters | Totals): void {
   into.pausesToClient += from.pausesToClient
 }
 
+/**
+ * MQTT packets by type (index 0-15) each way, for the whole process: the framers of every
+ * connection count into it (mqtt.inspect). One pair of arrays, not one per connection: the
+ * metric has no per-connection or per-client label, and per connection they cost 430 bytes.
+ */
+export interface PacketCounts {
+  readonly toBroker: Float64Array
+  readonly toClient: Float64Array
+}
+
 export class Metrics {
   readonly registry = new Registry()
+  readonly #packets: PacketCounts = {
+    toBroker: new Float64Array(16),
+    toClient: new Float64Array(16),
+  }
 
   readonly #options: MetricsOptions
   readonly #sources: (() => Iterable<ConnectionCounters>)[] = []
@@ -410,12 +410,11 @@ export class Metrics {
       labelNames: ['type', 'direction'],
       registers,
       collect() {
-        const totals = self.#totals()
         this.reset()
         for (let type = 1; type < 16; type++) {
           const name = PACKET_NAMES[type] as string // 16 names
-          this.inc({ type: name, direction: 'client_to_broker' }, totals.packetsToBroker[type])
-          this.inc({ type: name, direction: 'broker_to_client' }, totals.packetsToClient[type])
+          this.inc({ type: name, direction: 'client_to_broker' }, self.#packets.toBroker[type])
+          this.inc({ type: name, direction: 'broker_to_client' }, self.#packets.toClient[type])
         }
       },
     })
@@ -511,6 +510,12 @@ export class Metrics {
 
   tlsSessionClosed(reason: 'revoked' | 'expired'): void {
     this.#tlsSessionsClosed.inc({ reason })
+  }
+
+  /** One MQTT packet of `type` (0-15) read by a framer on its way (mqtt.inspect). */
+  mqttPacket(direction: keyof PacketCounts, type: number): void {
+    const counts = this.#packets[direction]
+    counts[type] = (counts[type] as number) + 1 // 16 slots: a type is 4 bits
   }
 
   /** A malformed MQTT packet closed a connection (once per connection). */

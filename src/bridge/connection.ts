@@ -192,9 +192,6 @@ export class Connection implements ClientEvents, FramerEvents {
   /** How many times each direction was paused (backpressure_pauses_total). */
   pausesToBroker = 0
   pausesToClient = 0
-  /** MQTT packets by type (index 0-15) each way, counted by the framers (mqtt.inspect). */
-  readonly packetsToBroker: number[] | undefined
-  readonly packetsToClient: number[] | undefined
   /** What the CONNECT said, once it has been read (mqtt.inspect). */
   mqtt: MqttSession | undefined
   /** Ended by the ping sweep (ping_timeouts_total). */
@@ -264,8 +261,6 @@ export class Connection implements ClientEvents, FramerEvents {
       const framers = MqttFramer.pair({ client: this, broker: new BrokerFramerEvents(this) })
       this.#fromClient = framers.fromClient
       this.#fromBroker = framers.fromBroker
-      this.packetsToBroker = new Array<number>(16).fill(0)
-      this.packetsToClient = new Array<number>(16).fill(0)
     }
 
     if (upstream !== undefined) this.#bindUpstream(upstream)
@@ -317,8 +312,7 @@ export class Connection implements ClientEvents, FramerEvents {
   /** A client packet's header was read: refuse it when over mqtt.maxPacketSize. */
   mqttPacket(type: PacketTypeValue, _flags: number, size: number): boolean {
     if (size <= this.#options.mqtt.maxPacketSize) {
-      const counts = this.packetsToBroker as number[] // allocated with the framers
-      counts[type] = (counts[type] as number) + 1 // 16 slots
+      this.#options.metrics.mqttPacket('toBroker', type)
       return true
     }
     this.#refusedSize = size
@@ -351,8 +345,7 @@ export class Connection implements ClientEvents, FramerEvents {
   /** A broker packet's header was read; false (stop before it) once a goodbye is waiting. */
   brokerPacket(type: PacketTypeValue): boolean {
     if (this.#awaitedGoodbye !== undefined) return false
-    const counts = this.packetsToClient as number[] // allocated with the framers
-    counts[type] = (counts[type] as number) + 1 // 16 slots
+    this.#options.metrics.mqttPacket('toClient', type)
     return true
   }
 
