@@ -136,6 +136,8 @@ export async function startGateway(config: Config, deps: GatewayDeps): Promise<G
     brokers,
     connectTimeout: config.upstream.connectTimeout,
     onAttempt: (attempt) => metrics.upstreamAttempt(attempt),
+    proxyProtocol: config.upstream.proxyProtocol,
+    log,
   })
   metrics.setUpstreamSocketsSource(() => connector.openSockets)
   const edge = new EdgeServer({
@@ -155,6 +157,7 @@ export async function startGateway(config: Config, deps: GatewayDeps): Promise<G
     brokers,
     connectTimeout: config.upstream.connectTimeout,
     interval: config.admin.readinessInterval,
+    proxyProtocol: config.upstream.proxyProtocol,
     isListening: () => edge.listening,
     log,
   })

@@ -4,9 +4,11 @@
 //   closed, so the balancer stops routing here while open clients are still being served), and
 // - the latest upstream check, at most one interval (plus its own timeout) old, reached a broker
 //   over TCP. A gateway whose brokers are all down would only answer 502 to every client.
+import type { Socket } from 'node:net'
 import type { HostPort } from '../config/formats.js'
 import type { Logger } from '../log.js'
 import { connectUpstream } from '../upstream/connector.js'
+import { encodeLocalHeader, type ProxyProtocol } from '../upstream/proxy-header.js'
 
 export interface ReadinessOptions {
   brokers: readonly HostPort[]
@@ -14,6 +16,8 @@ export interface ReadinessOptions {
   connectTimeout: number
   /** admin.readinessInterval */
   interval: number
+  /** upstream.proxyProtocol: when on, each check opens with a LOCAL header. */
+  proxyProtocol?: ProxyProtocol
   isListening: () => boolean
   log: Logger
 }
@@ -85,12 +89,17 @@ export class Readiness {
     this.#checking = true
     let result: UpstreamCheck
     try {
+      const proxy = this.#options.proxyProtocol ?? 'off'
       const { socket, broker } = await connectUpstream({
         brokers: this.#options.brokers,
         connectTimeout: this.#options.connectTimeout,
+        // A broker that expects PROXY drops (and may log) a connection without a header: the
+        // LOCAL header says this one is the gateway's own, with no client behind it.
+        ...(proxy !== 'off' && { preface: encodeLocalHeader(proxy) }),
       })
       // Only the TCP accept is checked; no MQTT is spoken, so the broker sees a bare close.
-      socket.destroy()
+      if (proxy === 'off') socket.destroy()
+      else closeAfterHeader(socket)
       result = { ok: true, at: Date.now(), detail: broker }
     } catch (err) {
       result = {
@@ -111,4 +120,11 @@ export class Readiness {
       else this.#options.log.warn({ detail: result.detail }, 'upstream unreachable: not ready')
     }
   }
+}
+
+/** A FIN after the LOCAL header (destroy() could drop it unsent); cut if no close follows. */
+function closeAfterHeader(socket: Socket): void {
+  socket.on('error', () => socket.destroy())
+  socket.end()
+  setTimeout(() => socket.destroy(), 2_000).unref()
 }

@@ -33,6 +33,7 @@ import type { MqttMalformedError } from '../mqtt/errors.js'
 import type { PacketTypeValue } from '../mqtt/packet.js'
 import { brokerOrder } from '../upstream/affinity.js'
 import type { BrokerConnector, ClientConnectOutcome, Upstream } from '../upstream/connector.js'
+import type { ProxyClient } from '../upstream/proxy-header.js'
 import type { ClientEvents, ClientSide } from './client-side.js'
 import { CloseCode, CloseReason, type CloseCodeValue, type Initiator } from './close-codes.js'
 import { Goodbyes, type Goodbye } from './goodbyes.js'
@@ -93,6 +94,11 @@ export interface ConnectionInfo {
   protocol: string | false
   /** Absent on plain ws:// connections. */
   tls?: ConnectionTls
+  /**
+   * upstream.proxyProtocol on: who the PROXY header names. Connect mode dials with it; in
+   * upgrade mode the admission already did.
+   */
+  proxy?: ProxyClient | undefined
 }
 
 /** What the MQTT framers of a connection are told (mqtt.*). */
@@ -199,6 +205,8 @@ export class Connection implements ClientEvents, FramerEvents {
   closed: CloseSummary | undefined
 
   readonly #client: ClientSide
+  /** Connect mode with upstream.proxyProtocol: what the dial's PROXY header says. */
+  readonly #proxy: ProxyClient | undefined
   /** The broker socket; undefined until a broker has accepted (connect mode). */
   #upstream: Socket | undefined
   /** Connect mode: the dial in flight, aborted when the connection closes first. */
@@ -254,6 +262,7 @@ export class Connection implements ClientEvents, FramerEvents {
     this.origin = info.origin
     this.protocol = info.protocol
     this.tls = info.tls
+    this.#proxy = info.proxy
     this.#client = client
     this.#options = options
     this.#log = options.log.child({ conn: this.id, listener: this.listener })
@@ -715,7 +724,7 @@ export class Connection implements ClientEvents, FramerEvents {
     const started = performance.now()
     const order = brokerOrder(dial.connector.brokers, dial.affinity, info)
     dial.connector
-      .dial(order, abort.signal)
+      .dial(order, abort.signal, this.#proxy)
       .then((outcome) => this.#dialled(outcome, performance.now() - started))
       .catch((err: unknown) => this.#dialFault(err))
   }

@@ -6,6 +6,7 @@
 // top-level `port` key and no `service` section.
 import type convict from 'convict'
 import { registerFormats, type Cidr, type HostPort } from './formats.js'
+import type { ProxyProtocol } from '../upstream/proxy-header.js'
 import type { OriginRule } from './origin.js'
 
 registerFormats()
@@ -119,6 +120,12 @@ export const schema = {
       format: ['none', 'clientId', 'username'],
       default: 'none',
       env: 'DRAWBRIDGE_UPSTREAM_AFFINITY',
+    },
+    proxyProtocol: {
+      doc: "PROXY protocol header each broker connection starts with, naming the client to the broker (its resolved address and port, the gateway address it reached, and with v2 over wss/mqtts its TLS version, cipher and verified certificate CN, plus the connection id): off, v1 (text) or v2 (binary, with TLVs). The broker's listener must expect it (Mosquitto 2.1: enable_proxy_protocol). The readiness check then sends a LOCAL header.",
+      format: ['off', 'v1', 'v2'],
+      default: 'off',
+      env: 'DRAWBRIDGE_UPSTREAM_PROXY_PROTOCOL',
     },
     embedded: {
       doc: 'Start an in-process Aedes broker on the first upstream.brokers address (development only; refused in the production profile).',
@@ -374,6 +381,7 @@ export interface RawConfig {
     connectTimeout: number
     connectOn: ConnectOn
     affinity: Affinity
+    proxyProtocol: ProxyProtocol
     embedded: boolean
   }
   tls: TlsConfig

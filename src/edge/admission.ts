@@ -13,6 +13,7 @@ import type { Duplex } from 'node:stream'
 import type { BrokerDial } from '../bridge/connection.js'
 import type { Config, ConnectOn } from '../config/schema.js'
 import type { BrokerConnector, Upstream } from '../upstream/connector.js'
+import type { ProxyClient } from '../upstream/proxy-header.js'
 import { validateUpgrade, type HandshakePolicy } from './handshake.js'
 import { Refusals, type Refusal } from './refusals.js'
 import type { TlsManager } from './tls.js'
@@ -22,6 +23,8 @@ export interface Admission {
   readonly socket: Duplex
   /** The broker connection, once the broker step has opened it. */
   upstream: Upstream | undefined
+  /** Who the PROXY header to the broker names (upstream.proxyProtocol on), else undefined. */
+  readonly proxy?: ProxyClient | undefined
   /** Run when the admission is over, whatever its outcome (a capacity slot is released). */
   readonly onEnd: (() => void)[]
 }
@@ -219,7 +222,7 @@ export function brokerConnected(connector: BrokerConnector): Step<Admission> {
   return {
     name: 'broker connect',
     async run(admission) {
-      const outcome = await connector.connectFor(admission.socket)
+      const outcome = await connector.connectFor(admission.socket, admission.proxy)
       if (outcome.ok) {
         admission.upstream = outcome.upstream
         return undefined

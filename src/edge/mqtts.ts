@@ -17,6 +17,7 @@ import type { Metrics } from '../metrics.js'
 import type { BrokerConnector } from '../upstream/connector.js'
 import { admit, Capacity, connectDial, mqttsSteps, type Admission, type Step } from './admission.js'
 import { peerAddress } from './client-address.js'
+import { describeProxyClient } from './proxy-client.js'
 import { Refusals, Refuser } from './refusals.js'
 import type { TlsManager } from './tls.js'
 
@@ -114,14 +115,29 @@ export class MqttsListener {
   }
 
   async #admit(client: tls.TLSSocket): Promise<void> {
-    const admission: Admission = { socket: client, upstream: undefined, onEnd: [] }
-    const outcome = await admit(this.#steps, admission, () => this.#accept(client, admission))
+    // Named now: with upstream.proxyProtocol the PROXY header carries it (see server.ts).
+    const id = `${this.#idPrefix}-${(++this.#nextId).toString(36)}`
+    const admission: Admission = {
+      socket: client,
+      upstream: undefined,
+      onEnd: [],
+      proxy: this.#options.connector.proxying
+        ? describeProxyClient({
+            id,
+            socket: client,
+            clientAddress: client.remoteAddress ?? 'unknown',
+            forwarded: false,
+            tls: this.#options.tls.verdict(client)?.tls,
+          })
+        : undefined,
+    }
+    const outcome = await admit(this.#steps, admission, () => this.#accept(client, admission, id))
     if (outcome.ok) return
     if ('refusal' in outcome) this.#refuse.stream(client, LISTENER, outcome.refusal)
     else client.destroy()
   }
 
-  #accept(client: tls.TLSSocket, admission: Admission): void {
+  #accept(client: tls.TLSSocket, admission: Admission, id: string): void {
     const upstream = admission.upstream
     if (upstream === undefined && this.#connectionOptions.dial === undefined)
       throw new Error('admitted an mqtts client without a broker connection')
@@ -130,13 +146,14 @@ export class MqttsListener {
       new StreamClient(client),
       upstream,
       {
-        id: `${this.#idPrefix}-${(++this.#nextId).toString(36)}`,
+        id,
         listener: LISTENER,
         remoteAddress: peerAddress(client),
         clientAddress: client.remoteAddress ?? 'unknown',
         forwarded: false,
         protocol: false,
         ...(verdict && { tls: verdict.tls }),
+        proxy: admission.proxy,
       },
       this.#connectionOptions,
     )

@@ -27,6 +27,7 @@ import {
 } from './admission.js'
 import { ClientAddressResolver, peerAddress } from './client-address.js'
 import { Diagnostics } from './diagnostics.js'
+import { describeProxyClient } from './proxy-client.js'
 import {
   parseSubprotocols,
   pickSubprotocol,
@@ -258,8 +259,27 @@ export class EdgeServer {
   async #upgrade(req: http.IncomingMessage, socket: Duplex, head: Buffer): Promise<void> {
     // Read now (cached since accept): a client that resets while we wait has no address left.
     const remote = peerAddress(req.socket)
-    const upgrade: Upgrade = { req, socket, upstream: undefined, onEnd: [], protocol: false }
-    const outcome = await admit(this.#steps, upgrade, (accepted) => this.#accept(accepted, head))
+    // Named now: with upstream.proxyProtocol the PROXY header carries it, before the broker
+    // step (and the Connection) exists.
+    const id = `${this.#idPrefix}-${(++this.#nextId).toString(36)}`
+    const upgrade: Upgrade = {
+      req,
+      socket,
+      upstream: undefined,
+      onEnd: [],
+      protocol: false,
+      proxy: this.#options.connector.proxying
+        ? describeProxyClient({
+            id,
+            socket: req.socket,
+            ...this.#clientOf(req),
+            tls: this.#tlsDetails(req.socket).tls,
+          })
+        : undefined,
+    }
+    const outcome = await admit(this.#steps, upgrade, (accepted) =>
+      this.#accept(accepted, head, id),
+    )
     if (outcome.ok) return
     if ('refusal' in outcome) {
       this.#refuse.socket(socket, req, outcome.refusal)
@@ -280,7 +300,7 @@ export class EdgeServer {
     }
   }
 
-  #accept(upgrade: Upgrade, head: Buffer): void {
+  #accept(upgrade: Upgrade, head: Buffer, id: string): void {
     const { req, socket, protocol } = upgrade
     const upstream = upgrade.upstream
     if (upstream === undefined && this.#connectionOptions.dial === undefined)
@@ -295,13 +315,14 @@ export class EdgeServer {
         new WebSocketClient(ws),
         upstream,
         {
-          id: `${this.#idPrefix}-${(++this.#nextId).toString(36)}`,
+          id,
           listener: this.scheme,
           remoteAddress: peerAddress(req.socket),
           ...this.#clientOf(req),
           origin: req.headers.origin,
           protocol,
           ...this.#tlsDetails(req.socket),
+          proxy: upgrade.proxy,
         },
         this.#connectionOptions,
       )

@@ -7,6 +7,8 @@ import { performance } from 'node:perf_hooks'
 import type { Duplex } from 'node:stream'
 import type { HostPort } from '../config/formats.js'
 import { UpstreamError, UpstreamRefusedError, UpstreamTimeoutError } from '../errors.js'
+import type { Logger } from '../log.js'
+import { encodeProxyHeader, type ProxyClient, type ProxyProtocol } from './proxy-header.js'
 
 export interface Upstream {
   socket: net.Socket
@@ -22,6 +24,12 @@ export interface ConnectOptions {
   onAttempt?: (attempt: ConnectAttempt) => void
   /** Told about every socket as soon as it is created, before it has connected. */
   onSocket?: (socket: net.Socket) => void
+  /**
+   * Written the moment a broker accepts, before the socket is handed to anyone: the PROXY
+   * header (upstream.proxyProtocol) is then the first bytes the broker reads, ahead of a held
+   * CONNECT or anything else the client sends.
+   */
+  preface?: Buffer | undefined
 }
 
 /** One broker connect attempt, for the upstream metrics. */
@@ -67,7 +75,7 @@ export async function connectUpstream(options: ConnectOptions): Promise<Upstream
     const seconds = (): number => (performance.now() - started) / 1000
     let socket: net.Socket
     try {
-      socket = await connectOne(broker, options.connectTimeout, options.signal, options.onSocket)
+      socket = await connectOne(broker, options)
     } catch (err) {
       if (options.signal?.aborted) throw err
       options.onAttempt?.({
@@ -95,12 +103,8 @@ export async function connectUpstream(options: ConnectOptions): Promise<Upstream
     : new UpstreamRefusedError(`no broker accepted the connection: ${summary}`)
 }
 
-function connectOne(
-  broker: HostPort,
-  timeout: number,
-  signal?: AbortSignal,
-  onSocket?: (socket: net.Socket) => void,
-): Promise<net.Socket> {
+function connectOne(broker: HostPort, options: ConnectOptions): Promise<net.Socket> {
+  const { connectTimeout: timeout, signal, onSocket, preface } = options
   return new Promise((resolve, reject) => {
     const socket = net.connect({ host: broker.host, port: broker.port, noDelay: true })
     onSocket?.(socket)
@@ -132,6 +136,7 @@ function connectOne(
       settle()
       // Detect a broker host that vanished without a FIN on otherwise idle connections.
       socket.setKeepAlive(true, 30_000)
+      if (preface !== undefined) socket.write(preface)
       resolve(socket)
     }
     socket.once('error', onError)
@@ -144,6 +149,10 @@ export interface BrokerConnectorOptions {
   connectTimeout: number
   /** Told about every attempt that ended (the upstream metrics). */
   onAttempt?: (attempt: ConnectAttempt) => void
+  /** upstream.proxyProtocol: off, or the PROXY header version each broker connection opens with. */
+  proxyProtocol?: ProxyProtocol
+  /** Where a PROXY header that had to leave something out is reported. */
+  log?: Logger
 }
 
 /** How a connect made for a client ended. */
@@ -176,6 +185,26 @@ export class BrokerConnector {
     this.#options = options
   }
 
+  /** upstream.proxyProtocol is v1 or v2: callers describe their client (a ProxyClient). */
+  get proxying(): boolean {
+    return (this.#options.proxyProtocol ?? 'off') !== 'off'
+  }
+
+  #preface(proxy: ProxyClient | undefined): Buffer | undefined {
+    const version = this.#options.proxyProtocol ?? 'off'
+    if (version === 'off') return undefined
+    if (proxy === undefined)
+      throw new TypeError('upstream.proxyProtocol is on: describe the client')
+    const header = encodeProxyHeader(version, proxy)
+    if (header.omitted.length > 0) {
+      this.#options.log?.warn(
+        { conn: proxy.uniqueId, omitted: header.omitted, bytes: header.bytes.length },
+        'PROXY header over its size limit: left out what did not fit',
+      )
+    }
+    return header.bytes
+  }
+
   /** The configured brokers, in the configured order. */
   get brokers(): readonly HostPort[] {
     return this.#options.brokers
@@ -195,8 +224,9 @@ export class BrokerConnector {
   /**
    * Connects a broker for `client`. A client that ends, closes or resets meanwhile aborts the attempt
    * (its socket is destroyed); an 'error' on the client is absorbed so it cannot go uncaught.
+   * `proxy` describes the client for the PROXY header (upstream.proxyProtocol).
    */
-  async connectFor(client: Duplex): Promise<ClientConnectOutcome> {
+  async connectFor(client: Duplex, proxy?: ProxyClient): Promise<ClientConnectOutcome> {
     const abort = new AbortController()
     const onGone = (): void => abort.abort()
     // 'end' too: the public listener's sockets allow half-open connections, so a client that
@@ -205,7 +235,7 @@ export class BrokerConnector {
     client.once('close', onGone)
     client.on('error', onGone)
     try {
-      return await this.dial(this.#options.brokers, abort.signal)
+      return await this.dial(this.#options.brokers, abort.signal, proxy)
     } finally {
       client.removeListener('end', onGone)
       client.removeListener('close', onGone)
@@ -218,13 +248,18 @@ export class BrokerConnector {
    * Connection knows when its client leaves and aborts `signal`; the brokers may be in the
    * order upstream.affinity picked). An aborted attempt's socket is destroyed.
    */
-  async dial(brokers: readonly HostPort[], signal: AbortSignal): Promise<ClientConnectOutcome> {
+  async dial(
+    brokers: readonly HostPort[],
+    signal: AbortSignal,
+    proxy?: ProxyClient,
+  ): Promise<ClientConnectOutcome> {
     try {
       const upstream = await connectUpstream({
         brokers,
         connectTimeout: this.#options.connectTimeout,
         signal,
         onSocket: this.#onSocket,
+        preface: this.#preface(proxy),
         ...(this.#options.onAttempt && { onAttempt: this.#options.onAttempt }),
       })
       return { ok: true, upstream }
