@@ -596,7 +596,7 @@ export class Connection implements ClientEvents, FramerEvents {
   }
 
   static #onBrokerEnd(this: Socket): void {
-    ownerOf(this).close(CloseCode.NORMAL, CloseReason.brokerClosed, 'broker')
+    ownerOf(this).#brokerEnded()
   }
 
   static #onBrokerError(this: Socket, err: NodeJS.ErrnoException): void {
@@ -615,6 +615,25 @@ export class Connection implements ClientEvents, FramerEvents {
 
   static #destroyUpstream(connection: Connection): void {
     connection.#upstream?.destroy()
+  }
+
+  #brokerEnded(): void {
+    // Not a byte from the broker, not even a CONNACK: it refused the connection itself. Behind
+    // a PROXY header that is most often the header's verdict (Mosquitto: no TLS, or no verified
+    // certificate, under proxy_protocol_v2_require_tls / require_certificate).
+    if (this.bytesToClient === 0 && !this.closing) {
+      this.#log.warn(
+        {
+          broker: this.broker,
+          proxyHeader: this.#proxy !== undefined,
+          ...(this.#proxy !== undefined && {
+            hint: 'the broker may have refused the PROXY header (no TLS, or no verified client certificate); its log says why',
+          }),
+        },
+        'broker closed the connection before answering',
+      )
+    }
+    this.close(CloseCode.NORMAL, CloseReason.brokerClosed, 'broker')
   }
 
   #brokerDrain(): void {

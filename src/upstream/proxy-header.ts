@@ -10,7 +10,7 @@
 // TLS, PP2_TYPE_SSL with its client bits, its verify result and the sub-TLVs VERSION, CN (inside
 // the SSL TLV, never top-level: EMQX reads only that one, emqx#12840) and CIPHER.
 //
-// A LOCAL header (v2 command LOCAL; v1 "PROXY UNKNOWN") says "this connection is the proxy's
+// A LOCAL header (v2 command LOCAL; v1 "PROXY UNKNOWN", see V1_UNKNOWN) says "this connection is the proxy's
 // own" (a health check): a strict broker drops a connection that starts without any header.
 import { isIPv4, isIPv6 } from 'node:net'
 
@@ -48,6 +48,13 @@ export interface ProxyClient {
   /** v2 only: PP2_TYPE_UNIQUE_ID (at most 128 bytes by the spec; longer is cut). */
   uniqueId?: string | undefined
 }
+
+/**
+ * v1's UNKNOWN line, with a space before the CRLF. The spec's receiver ignores whatever follows
+ * UNKNOWN up to the CRLF, so both forms mean the same; Mosquitto 2.1.2 compares the first 14
+ * bytes with "PROXY UNKNOWN " and calls the bare "PROXY UNKNOWN\r\n" a corrupt header.
+ */
+export const V1_UNKNOWN = 'PROXY UNKNOWN \r\n'
 
 /** Mosquitto refuses a longer header (PROXY_PACKET_LIMIT); every header here stays below it. */
 export const PROXY_HEADER_LIMIT = 500
@@ -90,7 +97,7 @@ export function encodeProxyHeader(version: ProxyProtocolVersion, client: ProxyCl
 
 /** The header of a connection that is the gateway's own (the readiness check). */
 export function encodeLocalHeader(version: ProxyProtocolVersion): Buffer {
-  if (version === 'v1') return Buffer.from('PROXY UNKNOWN\r\n', 'latin1')
+  if (version === 'v1') return Buffer.from(V1_UNKNOWN, 'latin1')
   return Buffer.concat([V2_SIGNATURE, Buffer.from([0x20 | PP2.CMD_LOCAL, PP2.AF_UNSPEC, 0, 0])])
 }
 
@@ -121,7 +128,7 @@ function proxyLineV1({ source, destination }: ProxyClient): string {
     !validPort(source.port) ||
     !validPort(destination.port)
   ) {
-    return 'PROXY UNKNOWN\r\n'
+    return V1_UNKNOWN
   }
   return `PROXY TCP${src.family} ${src.address} ${dst.address} ${source.port} ${destination.port}\r\n`
 }
@@ -200,7 +207,8 @@ function sslTlv(tls: ProxyTls, parts: { cn: boolean; cipher: boolean }): Buffer 
   // The spec: zero when a certificate was presented and verified, non-zero otherwise.
   head.writeUInt32BE(verified ? 0 : 1, 1)
   const subs = [tlv(PP2.SUBTYPE_SSL_VERSION, Buffer.from(tls.version, 'utf8'))]
-  if (cn !== undefined && cn !== '' && parts.cn) subs.push(tlv(PP2.SUBTYPE_SSL_CN, Buffer.from(cn, 'utf8')))
+  if (cn !== undefined && cn !== '' && parts.cn)
+    subs.push(tlv(PP2.SUBTYPE_SSL_CN, Buffer.from(cn, 'utf8')))
   if (parts.cipher) subs.push(tlv(PP2.SUBTYPE_SSL_CIPHER, Buffer.from(tls.cipher, 'utf8')))
   return tlv(PP2.TYPE_SSL, Buffer.concat([head, ...subs]))
 }
