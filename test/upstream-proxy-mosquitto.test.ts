@@ -180,6 +180,28 @@ t.test('PROXY to Mosquitto 2.1', { skip, timeout: 90_000 }, async (t) => {
     })
   }
 
+  t.test('v2 over mqtts: address and CN reach the broker', async (t) => {
+    const gw = await gatewayTo(
+      t,
+      broker.ports.strict,
+      tlsEnv(files, {
+        DRAWBRIDGE_TLS_CLIENT_AUTH: 'optional',
+        DRAWBRIDGE_UPSTREAM_PROXY_PROTOCOL: 'v2',
+        DRAWBRIDGE_TCP_ENABLED: 'true',
+      }),
+    )
+    const client = await connect(`mqtts://127.0.0.1:${gw.mqttsPort ?? 0}`, '127.0.0.7', {
+      clientId: 'alice-mqtts',
+      cert: certs.alice.cert,
+      key,
+      servername: 'localhost',
+      localAddress: '127.0.0.7',
+    } as IClientOptions)
+    const [line] = await broker.waitForLines(/New client connected from .* as alice-mqtts /)
+    t.match(line, /from 127\.0\.0\.7:\d+ as alice-mqtts \(.*u'alice'\)/)
+    await client.endAsync()
+  })
+
   t.test('a client without a certificate is refused by the broker', async (t) => {
     const gw = await gatewayTo(
       t,
