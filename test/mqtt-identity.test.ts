@@ -235,5 +235,6 @@ t.test('certificateIdentity: the CN, or the first SAN of a kind', (t) => {
   t.equal(certificateIdentity(cert, 'san-email'), 'a@x')
   t.equal(certificateIdentity({ subject: '', sans: [] }, 'cn'), undefined, 'no CN: none')
   t.equal(certificateIdentity({ subject: 'a', sans: ['DNS:x'] }, 'san-uri'), undefined)
+  t.equal(certificateIdentity({ subject: 'a\u0000b', sans: [] }, 'cn'), undefined, 'U+0000: none')
   t.end()
 })

@@ -277,7 +277,7 @@ t.test(
       gw.logs.some(
         (l) =>
           l.msg === 'username removed (tls.identityAs=username)' &&
-          l.why === 'certificate has no san-dns',
+          l.why === 'certificate has no usable san-dns',
       ),
     )
   },

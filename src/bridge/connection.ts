@@ -395,7 +395,7 @@ export class Connection implements ClientEvents, FramerEvents {
           why:
             cert === undefined
               ? 'no verified client certificate'
-              : `certificate has no ${rule.from}`,
+              : `certificate has no usable ${rule.from}`,
           ...(sent.level !== 5 && sent.hasPassword && { passwordRemoved: true }),
         },
         'username removed (tls.identityAs=username)',

@@ -4,7 +4,7 @@
 // copied byte for byte: the variable header, MQTT 5 properties, client id, will, password;
 // only the username flag, the username field and the Remaining Length change. Below MQTT 5 a
 // password needs a username [MQTT-3.1.2-22], so removing the username removes the password.
-import { variableByteInteger } from './encode.js'
+import { mqttStringProblem, variableByteInteger } from './encode.js'
 import type { ProtocolLevel } from './packet.js'
 import type { IdentityFrom } from '../config/schema.js'
 
@@ -17,17 +17,23 @@ const SAN_PREFIX: Record<Exclude<IdentityFrom, 'cn'>, string> = {
 
 /**
  * The identity a verified certificate gives under tls.identityFrom: its CN, or the first SAN of
- * that kind. Undefined when it has none (an empty CN counts as none).
+ * that kind. Undefined when it has none: an empty value counts as none, and so does one that
+ * cannot be an MQTT username (over 65,535 bytes, U+0000 or another control character), which
+ * a broker would refuse the whole CONNECT for.
  */
 export function certificateIdentity(
   cert: { subject: string; sans: readonly string[] },
   from: IdentityFrom,
 ): string | undefined {
-  if (from === 'cn') return cert.subject === '' ? undefined : cert.subject
-  const prefix = SAN_PREFIX[from]
-  const san = cert.sans.find((entry) => entry.startsWith(prefix))
-  const value = san?.slice(prefix.length)
-  return value === undefined || value === '' ? undefined : value
+  let value: string | undefined
+  if (from === 'cn') value = cert.subject
+  else {
+    const prefix = SAN_PREFIX[from]
+    value = cert.sans.find((entry) => entry.startsWith(prefix))?.slice(prefix.length)
+  }
+  if (value === undefined || value === '' || mqttStringProblem(value) !== undefined)
+    return undefined
+  return value
 }
 
 const USERNAME_FLAG = 0x80
