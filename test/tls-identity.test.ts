@@ -8,8 +8,10 @@
 //
 //   IDENTITY_SEED=1234  replays the random cuts (the seed is printed)
 import { spawn } from 'node:child_process'
+import { once } from 'node:events'
 import { chmodSync, mkdtempSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
+import tls from 'node:tls'
 import { join } from 'node:path'
 import mqtt, { type MqttClient } from 'mqtt'
 import mqttPacket, { type IConnectPacket, type Packet } from 'mqtt-packet'
@@ -431,3 +433,39 @@ t.test(
     )
   },
 )
+
+t.test('mqtts: the same rewrite on the MQTT-over-TLS listener', async (t) => {
+  const files = writeServerFiles(t, pki)
+  const broker = await scriptedBroker(t, CONNACK[4])
+  const gw = await startTestGateway(
+    t,
+    broker.port,
+    tlsEnv(files, {
+      DRAWBRIDGE_TLS_CLIENT_AUTH: 'optional',
+      DRAWBRIDGE_TLS_IDENTITY_AS: 'username',
+      DRAWBRIDGE_TCP_ENABLED: 'true',
+    }),
+  )
+  const socket = tls.connect({
+    host: '127.0.0.1',
+    port: gw.mqttsPort,
+    ca: pki.ca.cert,
+    servername: 'localhost',
+    cert: alice.cert,
+    key: alice.key,
+  })
+  t.teardown(() => socket.destroy())
+  await once(socket, 'secureConnect')
+  const packets = clientStream(4, 'bob', 0)
+  socket.write(Buffer.concat(packets))
+  const [connect, ...rest] = packets as [Buffer, ...Buffer[]]
+  const expected = Buffer.concat([rewriteConnectUsername(connect, 'alice', 4), ...rest])
+  const got = await broker.nextSession()
+  const deadline = Date.now() + 5_000
+  while (Buffer.concat(got.received).length < expected.length && Date.now() < deadline) {
+    await new Promise((resolve) => setTimeout(resolve, 10))
+  }
+  t.ok(Buffer.concat(got.received).equals(expected), 'CONNECT as alice, then the rest as sent')
+  socket.destroy()
+  await gw.waitForLog((l) => l.msg === 'connection closed' && l.listener === 'mqtts')
+})
