@@ -140,12 +140,16 @@ export async function startGateway(config: Config, deps: GatewayDeps): Promise<G
     log,
   })
   metrics.setUpstreamSocketsSource(() => connector.openSockets)
+  // tls.identityAs: load checked that it comes with mqtt.inspect, TLS and client certificates.
+  const identity =
+    config.tls.identityAs === 'username' ? { from: config.tls.identityFrom } : undefined
   const edge = new EdgeServer({
     listen: config.listen,
     ws: config.ws,
     http: config.http,
     limits: config.limits,
     mqtt: config.mqtt,
+    identity,
     upstream: config.upstream,
     connections,
     connector,
@@ -175,6 +179,7 @@ export async function startGateway(config: Config, deps: GatewayDeps): Promise<G
         maxConnections: config.limits.maxConnections,
         highWaterMark: config.limits.highWaterMark,
         mqtt: config.mqtt,
+        identity,
         upstream: config.upstream,
         connections,
         connector,

@@ -58,6 +58,7 @@ export const METRIC = {
   mqttMalformed: 'mqtt_malformed_total',
   mqttRefusals: 'mqtt_refusals_total',
   mqttSubprotocolMismatch: 'mqtt_subprotocol_mismatch_total',
+  identityRewrites: 'identity_rewrites_total',
   mqttConnects: 'mqtt_connects_total',
   mqttConnacks: 'mqtt_connacks_total',
   mqttPackets: 'mqtt_packets_total',
@@ -220,6 +221,7 @@ export class Metrics {
   readonly #mqttRefusals: Counter<'reason'>
   readonly #mqttSubprotocolMismatch: Counter<'subprotocol' | 'level'>
   readonly #mqttConnects: Counter<'level'>
+  readonly #identityRewrites: Counter<'action'>
   readonly #mqttConnacks: Counter<'level' | 'code'>
 
   constructor(options: MetricsOptions) {
@@ -391,6 +393,13 @@ export class Metrics {
       labelNames: ['subprotocol', 'level'],
       registers,
     })
+    this.#identityRewrites = new Counter({
+      name: name(METRIC.identityRewrites),
+      help: "CONNECT usernames rewritten under tls.identityAs=username: set (to the client certificate's identity) or removed (no verified certificate, or it lacks tls.identityFrom).",
+      labelNames: ['action'],
+      registers,
+    })
+    for (const action of ['set', 'removed']) this.#identityRewrites.inc({ action }, 0)
     this.#mqttConnects = new Counter({
       name: name(METRIC.mqttConnects),
       help: 'Client CONNECTs read whole and sound (mqtt.inspect), by protocol level (3: MQTT 3.1, 4: 3.1.1, 5: 5).',
@@ -542,6 +551,11 @@ export class Metrics {
   /** A CONNECT's level did not go with the subprotocol (labels: 2 subprotocols x 3 levels). */
   mqttSubprotocolMismatch(subprotocol: string, level: number): void {
     this.#mqttSubprotocolMismatch.inc({ subprotocol, level: String(level) })
+  }
+
+  /** tls.identityAs=username changed a CONNECT's username (labels: 2 actions). */
+  identityRewrite(action: 'set' | 'removed'): void {
+    this.#identityRewrites.inc({ action })
   }
 
   setCertificateExpiry(listener: string, notAfter: Date): void {

@@ -22,15 +22,16 @@
 //   broker socket stops reading until the buffer is down to about half the mark.
 import type { Socket } from 'node:net'
 import { performance } from 'node:perf_hooks'
-import type { Affinity } from '../config/schema.js'
+import type { Affinity, IdentityFrom } from '../config/schema.js'
 import type { UpstreamError } from '../errors.js'
 import type { Logger } from '../log.js'
 import type { Metrics } from '../metrics.js'
 import { serverUnavailableCode, serverUnavailableConnack } from '../mqtt/connack.js'
 import type { ConnackInfo, ConnectInfo } from '../mqtt/connect.js'
-import { MqttFramer, type FramerEvents } from '../mqtt/framer.js'
+import { MqttFramer, type FramerEvents, type FramerResult } from '../mqtt/framer.js'
+import { certificateIdentity, rewriteConnectUsername } from '../mqtt/identity.js'
 import type { MqttMalformedError } from '../mqtt/errors.js'
-import type { PacketTypeValue } from '../mqtt/packet.js'
+import type { PacketTypeValue, ProtocolLevel } from '../mqtt/packet.js'
 import { brokerOrder } from '../upstream/affinity.js'
 import type { BrokerConnector, ClientConnectOutcome, Upstream } from '../upstream/connector.js'
 import type { ProxyClient } from '../upstream/proxy-header.js'
@@ -123,9 +124,17 @@ export interface BrokerDial {
   affinity: Affinity
 }
 
+/** tls.identityAs=username: the CONNECT's username becomes the certificate's identity. */
+export interface IdentityRewrite {
+  /** tls.identityFrom. */
+  from: IdentityFrom
+}
+
 export interface ConnectionOptions {
   highWaterMark: number
   mqtt: MqttInspection
+  /** Set when tls.identityAs=username (needs mqtt.inspect), else undefined. */
+  identity?: IdentityRewrite | undefined
   /** Set in connect mode (the connections come without a broker socket), else undefined. */
   dial: BrokerDial | undefined
   /** Counts what the framers find (malformed packets); the byte counts stay plain fields. */
@@ -160,6 +169,14 @@ class BrokerFramerEvents implements FramerEvents {
   mqttConnack(info: ConnackInfo): void {
     this.#connection.brokerConnack(info)
   }
+}
+
+/** A CONNECT read, to be forwarded with `username` in place of the one sent. */
+interface PendingRewrite {
+  username: string | undefined
+  /** The whole CONNECT as sent, fixed header included. */
+  size: number
+  level: ProtocolLevel
 }
 
 /** Who the client said it is, from its CONNECT (never the password): log lines, /connections. */
@@ -233,6 +250,8 @@ export class Connection implements ClientEvents, FramerEvents {
   #inspectStopped = false
   /** The client's CONNECT has been read whole (and forwarded). */
   #connectRead = false
+  /** tls.identityAs: the CONNECT just read is to be forwarded with this username instead. */
+  #rewrite: PendingRewrite | undefined
   /** The broker's CONNACK has been read (and forwarded), and it accepted the client. */
   #connackAccepted = false
   /** The size of the client packet refused for mqtt.maxPacketSize, else 0. */
@@ -328,16 +347,17 @@ export class Connection implements ClientEvents, FramerEvents {
     return false
   }
 
-  mqttConnect(info: ConnectInfo): void {
+  mqttConnect(sent: ConnectInfo): void {
     this.#connectRead = true
+    // Every line from here on names the client: refusals and closes included.
+    this.#log = this.#log.child({ clientId: sent.clientId })
+    const info = this.#identity(sent)
     this.mqtt = {
       clientId: info.clientId,
       username: info.username,
       protocolLevel: info.level,
       keepalive: info.keepAlive,
     }
-    // Every line from here on names the client: refusals and closes included.
-    this.#log = this.#log.child({ clientId: info.clientId })
     const { username, protocolLevel, keepalive } = this.mqtt
     this.#log.info({ username, protocolLevel, keepalive }, 'mqtt connect')
     this.#options.metrics.mqttConnect(info.level)
@@ -349,6 +369,52 @@ export class Connection implements ClientEvents, FramerEvents {
       this.#options.metrics.mqttSubprotocolMismatch(this.protocol, info.level)
     }
     if (this.#upstream === undefined && !this.closing) this.#dialBroker(info)
+  }
+
+  // tls.identityAs=username: the username the broker is to see is the verified certificate's
+  // identity, or none. Returns the CONNECT as the broker will get it; the bytes are swapped in
+  // clientData, once push() has released them.
+  #identity(sent: ConnectInfo): ConnectInfo {
+    const rule = this.#options.identity
+    if (rule === undefined) return sent
+    const cert = this.tls?.clientCert
+    const username = cert === undefined ? undefined : certificateIdentity(cert, rule.from)
+    if (username === undefined && sent.username === undefined) return sent // nothing to change
+    this.#rewrite = { username, size: sent.size, level: sent.level }
+    const log = this.#log
+    if (username !== undefined) {
+      log.info(
+        { username, sentUsername: sent.username, identityFrom: rule.from },
+        'username set from the client certificate',
+      )
+      this.#options.metrics.identityRewrite('set')
+    } else {
+      log.info(
+        {
+          sentUsername: sent.username,
+          why:
+            cert === undefined
+              ? 'no verified client certificate'
+              : `certificate has no usable ${rule.from}`,
+          ...(sent.level !== 5 && sent.hasPassword && { passwordRemoved: true }),
+        },
+        'username removed (tls.identityAs=username)',
+      )
+      this.#options.metrics.identityRewrite('removed')
+    }
+    const hasPassword = sent.hasPassword && (username !== undefined || sent.level === 5)
+    return { ...sent, username, hasPassword }
+  }
+
+  // The push that read the CONNECT released it first: in `released` (bytes from earlier chunks)
+  // then data[0, forward). Its first `size` bytes go as rewritten; the rest, unchanged.
+  #forwardRewritten(result: FramerResult, data: Buffer): void {
+    const { username, size, level } = this.#rewrite as PendingRewrite // clientData checked
+    this.#rewrite = undefined
+    const forward = data.subarray(0, result.forward)
+    const all = result.released === undefined ? forward : Buffer.concat([result.released, forward])
+    this.#toBroker(rewriteConnectUsername(all.subarray(0, size), username, level))
+    if (all.length > size) this.#toBroker(all.subarray(size))
   }
 
   /** A broker packet's header was read; false (stop before it) once a goodbye is waiting. */
@@ -488,9 +554,12 @@ export class Connection implements ClientEvents, FramerEvents {
       return
     }
     const result = framer.push(data)
-    if (result.released !== undefined) this.#toBroker(result.released)
-    if (result.forward === data.length) this.#toBroker(data)
-    else if (result.forward > 0) this.#toBroker(data.subarray(0, result.forward))
+    if (this.#rewrite !== undefined) this.#forwardRewritten(result, data)
+    else {
+      if (result.released !== undefined) this.#toBroker(result.released)
+      if (result.forward === data.length) this.#toBroker(data)
+      else if (result.forward > 0) this.#toBroker(data.subarray(0, result.forward))
+    }
     if (result.stopped && !this.#inspectStopped) this.#clientStopped(result.error)
   }
 

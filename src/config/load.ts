@@ -116,6 +116,7 @@ function checkCrossKeyRules(config: Config): void {
   }
   checkUpstreamModeRules(config)
   checkTlsRules(config)
+  checkIdentityRules(config)
   checkShutdownRules(config)
 }
 
@@ -172,6 +173,31 @@ function checkTlsRules({ tls, tcp, profile }: Config): void {
   }
   if (tls.clientAuth !== 'none' && tls.ca === '') {
     throw new ConfigError('tls.ca', `is required while tls.clientAuth is ${tls.clientAuth}`)
+  }
+}
+
+// The username is rewritten inside the CONNECT the framer reads, from the certificate TLS
+// verified: without the framer there is no CONNECT to rewrite, and without TLS and client
+// certificates every client would lose its username (a setting that can only be a mistake).
+function checkIdentityRules({ tls, mqtt }: Config): void {
+  if (tls.identityAs === 'none') return
+  if (!mqtt.inspect) {
+    throw new ConfigError(
+      'tls.identityAs',
+      'username needs mqtt.inspect=true (the username is rewritten in the CONNECT the framer reads)',
+    )
+  }
+  if (!tls.enabled) {
+    throw new ConfigError(
+      'tls.identityAs',
+      'username needs tls.enabled=true (on plain ws:// there is no client certificate)',
+    )
+  }
+  if (tls.clientAuth === 'none') {
+    throw new ConfigError(
+      'tls.identityAs',
+      'username needs tls.clientAuth=optional or required (with none no certificate is asked for)',
+    )
   }
 }
 

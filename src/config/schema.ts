@@ -220,6 +220,18 @@ export const schema = {
       default: false,
       env: 'DRAWBRIDGE_TLS_GENERATE_DEV_CERTS',
     },
+    identityAs: {
+      doc: "What the broker is told of a verified client certificate. none: nothing, the CONNECT goes on unchanged. username: the CONNECT's username is replaced by the certificate's identity (tls.identityFrom), for brokers that cannot read PROXY v2; a client without a verified certificate has any username it sent removed (below MQTT 5 its password with it). Needs mqtt.inspect, tls.enabled and tls.clientAuth optional or required.",
+      format: ['none', 'username'],
+      default: 'none',
+      env: 'DRAWBRIDGE_TLS_IDENTITY_AS',
+    },
+    identityFrom: {
+      doc: 'With tls.identityAs=username, the certificate field that becomes the username: cn (subject common name), or the first subjectAltName of a kind: san-dns, san-uri, san-email. A certificate without that field counts as none (the username is removed).',
+      format: ['cn', 'san-dns', 'san-uri', 'san-email'],
+      default: 'cn',
+      env: 'DRAWBRIDGE_TLS_IDENTITY_FROM',
+    },
   },
   http: {
     diagnostics: {
@@ -434,4 +446,12 @@ export interface TlsConfig {
   watch: boolean
   reloadDebounce: number
   generateDevCerts: boolean
+  identityAs: IdentityAs
+  identityFrom: IdentityFrom
 }
+
+/** tls.identityAs: whether the CONNECT's username becomes the client certificate's identity. */
+export type IdentityAs = 'none' | 'username'
+
+/** tls.identityFrom: the certificate field that becomes the username. */
+export type IdentityFrom = 'cn' | 'san-dns' | 'san-uri' | 'san-email'

@@ -7,7 +7,7 @@
 import { randomBytes } from 'node:crypto'
 import type { AddressInfo } from 'node:net'
 import tls from 'node:tls'
-import { Connection, type ConnectionOptions } from '../bridge/connection.js'
+import { Connection, type ConnectionOptions, type IdentityRewrite } from '../bridge/connection.js'
 import type { ConnectionRegistry, ShutdownPolicy } from '../bridge/registry.js'
 import { StreamClient } from '../bridge/stream-client.js'
 import type { Config } from '../config/schema.js'
@@ -31,6 +31,8 @@ export interface MqttsOptions {
   highWaterMark: number
   /** mqtt.*: what the connections' framers check. */
   mqtt: Config['mqtt']
+  /** tls.identityAs=username (with tls.identityFrom); undefined: usernames go on unchanged. */
+  identity?: IdentityRewrite | undefined
   /** upstream.connectOn and upstream.affinity: when and where the broker is dialled. */
   upstream: Pick<Config['upstream'], 'connectOn' | 'affinity'>
   connections: ConnectionRegistry
@@ -68,6 +70,7 @@ export class MqttsListener {
     this.#connectionOptions = {
       highWaterMark: options.highWaterMark,
       mqtt: options.mqtt,
+      identity: options.identity,
       dial: connectDial(options.upstream, options.connector),
       metrics: options.metrics,
       log: options.log,

@@ -8,7 +8,12 @@ import https from 'node:https'
 import type { AddressInfo, Socket } from 'node:net'
 import type { Duplex } from 'node:stream'
 import { WebSocketServer, type WebSocket } from 'ws'
-import { Connection, type ConnectionInfo, type ConnectionOptions } from '../bridge/connection.js'
+import {
+  Connection,
+  type ConnectionInfo,
+  type ConnectionOptions,
+  type IdentityRewrite,
+} from '../bridge/connection.js'
 import type { ConnectionRegistry, ShutdownPolicy } from '../bridge/registry.js'
 import { WebSocketClient } from '../bridge/websocket-client.js'
 import type { Config } from '../config/schema.js'
@@ -45,6 +50,8 @@ export interface EdgeOptions {
   limits: Config['limits']
   /** mqtt.*: what the connections' framers check. */
   mqtt: Config['mqtt']
+  /** tls.identityAs=username (with tls.identityFrom); undefined: usernames go on unchanged. */
+  identity?: IdentityRewrite | undefined
   /** upstream.connectOn and upstream.affinity: when and where the broker is dialled. */
   upstream: Pick<Config['upstream'], 'connectOn' | 'affinity'>
   /** The connections of every listener; this one adds its own. */
@@ -107,6 +114,7 @@ export class EdgeServer {
     this.#connectionOptions = {
       highWaterMark: options.limits.highWaterMark,
       mqtt: options.mqtt,
+      identity: options.identity,
       dial: connectDial(options.upstream, options.connector),
       metrics: options.metrics,
       log: options.log,
