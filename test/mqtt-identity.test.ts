@@ -11,42 +11,11 @@ import type { IConnectPacket, Packet } from 'mqtt-packet'
 import { readConnect } from '../src/mqtt/connect.js'
 import { certificateIdentity, rewriteConnectUsername } from '../src/mqtt/identity.js'
 import type { ProtocolLevel } from '../src/mqtt/packet.js'
+import { prng, seedFrom, type Prng } from './helpers/prng.js'
 
-const envSeed = Number(process.env.IDENTITY_SEED)
-const SEED =
-  process.env.IDENTITY_SEED !== undefined && Number.isInteger(envSeed) ? envSeed : 20_261_202
-t.comment(`seed=${SEED} (replay with IDENTITY_SEED=${SEED})`)
-
-/** mulberry32: the same seed gives the same run. */
-function random(seed: number): {
-  next: () => number
-  int: (n: number) => number
-  chance: (p: number) => boolean
-  pick: <T>(items: readonly T[]) => T
-  bytes: (n: number) => Buffer
-} {
-  let state = seed >>> 0
-  const next = (): number => {
-    state = (state + 0x6d2b79f5) >>> 0
-    let x = state
-    x = Math.imul(x ^ (x >>> 15), x | 1)
-    x ^= x + Math.imul(x ^ (x >>> 7), x | 61)
-    return ((x ^ (x >>> 14)) >>> 0) / 4294967296
-  }
-  const int = (n: number): number => Math.floor(next() * n)
-  return {
-    next,
-    int,
-    chance: (p) => next() < p,
-    pick: (items) => items[int(items.length)] as (typeof items)[number],
-    bytes: (n) => {
-      const out = Buffer.allocUnsafe(n)
-      for (let i = 0; i < n; i++) out[i] = int(256)
-      return out
-    },
-  }
-}
-type Random = ReturnType<typeof random>
+const SEED = seedFrom(t, 'IDENTITY_SEED', 20_261_202)
+type Random = Prng
+const random = prng
 
 const CHARS = ['a', 'b', 'z', '0', '/', '-', '_', ' ', '.', '@', 'é', 'ß', '€', '水', '😀']
 

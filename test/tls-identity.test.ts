@@ -27,23 +27,10 @@ import { testPki, tlsEnv, writeServerFiles } from './helpers/pki.js'
 import { scrape, value } from './helpers/scrape.js'
 import { scriptedBroker } from './helpers/scripted-broker.js'
 import { skipWithout } from './helpers/tools.js'
+import { prng, seedFrom } from './helpers/prng.js'
 import { openRawClient } from './helpers/wsmqtt.js'
 
-const envSeed = Number(process.env.IDENTITY_SEED)
-const SEED =
-  process.env.IDENTITY_SEED !== undefined && Number.isInteger(envSeed) ? envSeed : 20_261_203
-t.comment(`seed=${SEED} (replay with IDENTITY_SEED=${SEED})`)
-
-function random(seed: number): (n: number) => number {
-  let state = seed >>> 0
-  return (n) => {
-    state = (state + 0x6d2b79f5) >>> 0
-    let x = state
-    x = Math.imul(x ^ (x >>> 15), x | 1)
-    x ^= x + Math.imul(x ^ (x >>> 7), x | 61)
-    return Math.floor((((x ^ (x >>> 14)) >>> 0) / 4294967296) * n)
-  }
-}
+const SEED = seedFrom(t, 'IDENTITY_SEED', 20_261_203)
 
 const pki = testPki()
 const key = pki.clients.good.key // RSA keys are the slow part: the test certificates share one
@@ -151,7 +138,7 @@ for (const connectOn of ['upgrade', 'connect'] as const) {
   t.test(
     `connectOn=${connectOn}: the broker gets the rewritten CONNECT, then the rest as sent`,
     async (t) => {
-      const rand = random(SEED + (connectOn === 'connect' ? 1 : 0))
+      const rand = prng(SEED + (connectOn === 'connect' ? 1 : 0)).int
       const files = writeServerFiles(t, pki)
       let streams = 0
       for (const level of [3, 4, 5] as const) {

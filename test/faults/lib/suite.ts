@@ -30,35 +30,9 @@ interface Commenter {
   comment: (...message: unknown[]) => void
 }
 
-/** A seeded PRNG (mulberry32): the same seed gives the same sequence. */
-export interface Prng {
-  next: () => number
-  int: (n: number) => number
-  bytes: (n: number) => Buffer
-}
+import { prng, type Prng } from '../../helpers/prng.js'
 
-export function prng(seed: number): Prng {
-  let state = seed >>> 0
-  const next = (): number => {
-    state = (state + 0x6d2b79f5) >>> 0
-    let x = state
-    x = Math.imul(x ^ (x >>> 15), x | 1)
-    x ^= x + Math.imul(x ^ (x >>> 7), x | 61)
-    return ((x ^ (x >>> 14)) >>> 0) / 4294967296
-  }
-  return {
-    next,
-    int: (n) => Math.floor(next() * n),
-    bytes: (n) => {
-      const out = Buffer.allocUnsafe(n)
-      for (let i = 0; i < n; i += 4) {
-        const word = (next() * 4294967296) >>> 0
-        for (let k = 0; k < 4 && i + k < n; k++) out[i + k] = (word >>> (8 * k)) & 0xff
-      }
-      return out
-    },
-  }
-}
+export { prng, type Prng }
 
 /** The PRNG of a case, with the seed it was made from. */
 export interface Random extends Prng {
