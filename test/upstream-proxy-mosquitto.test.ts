@@ -15,7 +15,7 @@ import mqtt, { type IClientOptions, type MqttClient } from 'mqtt'
 import t from 'tap'
 import { issueClientCert, type IssuedCert } from '../src/dev/certs.js'
 import type { Teardown } from './helpers/broker.js'
-import { startTestGateway, type TestGateway } from './helpers/gateway.js'
+import { startTestGateway, type LogLine, type TestGateway } from './helpers/gateway.js'
 import { skipWithoutMosquitto21, startMosquitto21, writeForBroker } from './helpers/mosquitto21.js'
 import { tempDir, testPki, tlsEnv, writeServerFiles } from './helpers/pki.js'
 import { adminGet, eventually } from './helpers/scrape.js'
@@ -89,6 +89,7 @@ t.test('PROXY to Mosquitto 2.1', { skip, timeout: 90_000 }, async (t) => {
     ['allow_anonymous true', `acl_file ${acl}`],
   )
   const files = writeServerFiles(t, pki)
+  const upstreamCheckOk = (l: LogLine): boolean => l.msg === 'upstream check' && l.ok === true
   const gatewayTo = (
     t: Teardown,
     port: number | undefined,
@@ -232,7 +233,8 @@ t.test('PROXY to Mosquitto 2.1', { skip, timeout: 90_000 }, async (t) => {
     await client.endAsync()
     // Its readiness checks send "PROXY UNKNOWN \r\n", which Mosquitto takes without a word.
     t.ok(await eventually(async () => (await adminGet(gw.adminUrl, '/readyz')).status === 200))
-    await new Promise((resolve) => setTimeout(resolve, 600))
+    // Three checks done (one every 200 ms), each a header Mosquitto could have refused.
+    await gw.waitForLogs(upstreamCheckOk, 3)
     t.same(broker.lines(/corrupt PROXY header/), [], 'no check was refused')
   })
 
@@ -244,8 +246,9 @@ t.test('PROXY to Mosquitto 2.1', { skip, timeout: 90_000 }, async (t) => {
     )
     t.ok(await eventually(async () => (await adminGet(gw.adminUrl, '/readyz')).status === 200))
     const from = broker.log().length
+    const before = gw.logs.filter(upstreamCheckOk).length
     // A few more checks, each one a LOCAL header on the strict listener.
-    await new Promise((resolve) => setTimeout(resolve, 1_000))
+    await gw.waitForLogs(upstreamCheckOk, before + 3)
     t.equal((await adminGet(gw.adminUrl, '/readyz')).status, 200)
     const since = broker.log().slice(from)
     if (process.env.DUMP_BROKER_LOG !== undefined) console.error(broker.log())

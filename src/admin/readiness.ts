@@ -115,6 +115,8 @@ export class Readiness {
     if (this.#stopped) return
     const was = this.#last?.ok
     this.#last = result
+    // Every check, at debug: the state changes below are what info shows.
+    this.#options.log.debug({ ok: result.ok, detail: result.detail }, 'upstream check')
     if (was !== result.ok) {
       if (result.ok) this.#options.log.info({ broker: result.detail }, 'upstream reachable: ready')
       else this.#options.log.warn({ detail: result.detail }, 'upstream unreachable: not ready')

@@ -687,22 +687,28 @@ export class Connection implements ClientEvents, FramerEvents {
   }
 
   #brokerEnded(): void {
-    // Not a byte from the broker, not even a CONNACK: it refused the connection itself. Behind
-    // a PROXY header that is most often the header's verdict (Mosquitto: no TLS, or no verified
-    // certificate, under proxy_protocol_v2_require_tls / require_certificate).
-    if (this.bytesToClient === 0 && !this.closing) {
-      this.#log.warn(
-        {
-          broker: this.broker,
-          proxyHeader: this.#proxy !== undefined,
-          ...(this.#proxy !== undefined && {
-            hint: 'the broker may have refused the PROXY header (no TLS, or no verified client certificate); its log says why',
-          }),
-        },
-        'broker closed the connection before answering',
-      )
+    if (this.#unanswered()) {
+      this.#log.warn(this.#unansweredDetail(), 'broker closed the connection before answering')
     }
     this.close(CloseCode.NORMAL, CloseReason.brokerClosed, 'broker')
+  }
+
+  // Not a byte from the broker, not even a CONNACK: it refused the connection itself. Behind a
+  // PROXY header that is most often the header's verdict (Mosquitto: no TLS, or no verified
+  // certificate, under proxy_protocol_v2_require_tls / require_certificate). A broker that
+  // closes with our CONNECT unread resets instead of ending, so both paths say so.
+  #unanswered(): boolean {
+    return this.bytesToClient === 0 && !this.closing
+  }
+
+  #unansweredDetail(): Record<string, unknown> {
+    return {
+      broker: this.broker,
+      proxyHeader: this.#proxy !== undefined,
+      ...(this.#proxy !== undefined && {
+        hint: 'the broker may have refused the PROXY header (no TLS, or no verified client certificate); its log says why',
+      }),
+    }
   }
 
   #brokerDrain(): void {
@@ -776,7 +782,14 @@ export class Connection implements ClientEvents, FramerEvents {
 
   #brokerError(err: NodeJS.ErrnoException): void {
     const code = err.code ?? 'error'
-    this.#log.warn({ err: err.message }, 'broker connection error')
+    if (this.#unanswered()) {
+      this.#log.warn(
+        { err: err.message, ...this.#unansweredDetail() },
+        'broker closed the connection before answering',
+      )
+    } else {
+      this.#log.warn({ err: err.message }, 'broker connection error')
+    }
     this.close(CloseCode.INTERNAL_ERROR, CloseReason.upstreamError(code), 'broker')
   }
 
