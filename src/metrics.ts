@@ -19,6 +19,7 @@ import {
   type PrometheusContentType,
 } from 'prom-client'
 import type { Initiator } from './bridge/close-codes.js'
+import type { ProxyRefusalReason } from './edge/proxy-protocol-in.js'
 import { REFUSAL_REASONS, type RefusalReason } from './edge/refusals.js'
 import { MALFORMED_REASONS, type MalformedReason } from './mqtt/errors.js'
 import { PACKET_NAMES } from './mqtt/packet.js'
@@ -59,6 +60,7 @@ export const METRIC = {
   mqttRefusals: 'mqtt_refusals_total',
   mqttSubprotocolMismatch: 'mqtt_subprotocol_mismatch_total',
   identityRewrites: 'identity_rewrites_total',
+  proxyProtocolRefusals: 'proxy_protocol_refusals_total',
   mqttConnects: 'mqtt_connects_total',
   mqttConnacks: 'mqtt_connacks_total',
   mqttPackets: 'mqtt_packets_total',
@@ -222,6 +224,7 @@ export class Metrics {
   readonly #mqttSubprotocolMismatch: Counter<'subprotocol' | 'level'>
   readonly #mqttConnects: Counter<'level'>
   readonly #identityRewrites: Counter<'action'>
+  readonly #proxyProtocolRefusals: Counter<'listener' | 'reason'>
   readonly #mqttConnacks: Counter<'level' | 'code'>
 
   constructor(options: MetricsOptions) {
@@ -400,6 +403,12 @@ export class Metrics {
       registers,
     })
     for (const action of ['set', 'removed']) this.#identityRewrites.inc({ action }, 0)
+    this.#proxyProtocolRefusals = new Counter({
+      name: name(METRIC.proxyProtocolRefusals),
+      help: 'Connections dropped under listen.proxyProtocol before they were served, by listener and reason (unlisted_peer, missing, malformed, wrong_version, timeout).',
+      labelNames: ['listener', 'reason'],
+      registers,
+    })
     this.#mqttConnects = new Counter({
       name: name(METRIC.mqttConnects),
       help: 'Client CONNECTs read whole and sound (mqtt.inspect), by protocol level (3: MQTT 3.1, 4: 3.1.1, 5: 5).',
@@ -551,6 +560,11 @@ export class Metrics {
   /** A CONNECT's level did not go with the subprotocol (labels: 2 subprotocols x 3 levels). */
   mqttSubprotocolMismatch(subprotocol: string, level: number): void {
     this.#mqttSubprotocolMismatch.inc({ subprotocol, level: String(level) })
+  }
+
+  /** listen.proxyProtocol dropped a connection (labels: 3 listeners, 5 reasons). */
+  proxyProtocolRefused(listener: 'ws' | 'wss' | 'mqtts', reason: ProxyRefusalReason): void {
+    this.#proxyProtocolRefusals.inc({ listener, reason })
   }
 
   /** tls.identityAs=username changed a CONNECT's username (labels: 2 actions). */

@@ -69,6 +69,12 @@ export function loadConfig(options: LoadOptions = {}): LoadedConfig {
 function parseConfig(raw: RawConfig): Config {
   return {
     ...raw,
+    listen: {
+      ...raw.listen,
+      proxyProtocolFrom: parsed('listen.proxyProtocolFrom', () =>
+        raw.listen.proxyProtocolFrom.map(parseCidr),
+      ),
+    },
     ws: {
       ...raw.ws,
       allowedOrigins: parsed('ws.allowedOrigins', () => compileOrigins(raw.ws.allowedOrigins)),
@@ -113,6 +119,12 @@ function checkCrossKeyRules(config: Config): void {
   }
   if (config.ws.pingInterval > 0 && config.ws.pongTimeout === 0) {
     throw new ConfigError('ws.pongTimeout', 'must be above 0 while ws.pingInterval is on')
+  }
+  if (config.listen.proxyProtocol !== 'off' && config.listen.proxyProtocolFrom.length === 0) {
+    throw new ConfigError(
+      'listen.proxyProtocolFrom',
+      `is empty while listen.proxyProtocol is ${config.listen.proxyProtocol}: list the load balancers allowed to send the PROXY header`,
+    )
   }
   checkUpstreamModeRules(config)
   checkTlsRules(config)

@@ -6,6 +6,7 @@
 // top-level `port` key and no `service` section.
 import type convict from 'convict'
 import { registerFormats, type Cidr, type HostPort } from './formats.js'
+import type { ProxyProtocolIn } from '../edge/proxy-protocol-in.js'
 import type { ProxyProtocol } from '../upstream/proxy-header.js'
 import type { OriginRule } from './origin.js'
 
@@ -32,6 +33,18 @@ export const schema = {
       format: 'port',
       default: 8080,
       env: 'DRAWBRIDGE_LISTEN_PORT',
+    },
+    proxyProtocol: {
+      doc: 'Read a PROXY protocol header (from an L4 load balancer: HAProxy send-proxy, AWS NLB, a Kubernetes LoadBalancer) before anything else on the public WebSocket listener, before TLS too: off, v1, v2 or any. Its source address becomes the client address; a LOCAL header (a health check) is served as the peer. Every peer must be in listen.proxyProtocolFrom and send the header within ws.handshakeTimeout, or it is dropped.',
+      format: ['off', 'v1', 'v2', 'any'],
+      default: 'off',
+      env: 'DRAWBRIDGE_LISTEN_PROXY_PROTOCOL',
+    },
+    proxyProtocolFrom: {
+      doc: 'Load balancers (IP addresses or CIDR blocks) allowed to connect and send the PROXY header under listen.proxyProtocol; any other peer is dropped. Required when listen.proxyProtocol is on.',
+      format: 'cidr-list',
+      default: [],
+      env: 'DRAWBRIDGE_LISTEN_PROXY_PROTOCOL_FROM',
     },
   },
   ws: {
@@ -375,7 +388,12 @@ export const schema = {
 /** The configuration as convict validates it: lists still hold the strings that were written. */
 export interface RawConfig {
   profile: 'development' | 'production'
-  listen: { host: string; port: number }
+  listen: {
+    host: string
+    port: number
+    proxyProtocol: ProxyProtocolIn
+    proxyProtocolFrom: string[]
+  }
   ws: {
     path: string
     subprotocols: string[]
@@ -417,7 +435,8 @@ export interface RawConfig {
  * The validated configuration, as the rest of the code sees it: RawConfig with every list that
  * has a structure parsed once, by loadConfig, so no user parses it again (or differently).
  */
-export interface Config extends Omit<RawConfig, 'ws' | 'upstream' | 'http'> {
+export interface Config extends Omit<RawConfig, 'listen' | 'ws' | 'upstream' | 'http'> {
+  listen: Omit<RawConfig['listen'], 'proxyProtocolFrom'> & { proxyProtocolFrom: readonly Cidr[] }
   ws: Omit<RawConfig['ws'], 'allowedOrigins'> & { allowedOrigins: readonly OriginRule[] }
   upstream: Omit<RawConfig['upstream'], 'brokers'> & { brokers: readonly HostPort[] }
   http: Omit<RawConfig['http'], 'trustedProxies'> & { trustedProxies: readonly Cidr[] }

@@ -121,7 +121,7 @@ function addressOnly(text: string): string | undefined {
 }
 
 /** `::ffff:10.0.0.1` (an IPv4 client on a dual-stack socket) is 10.0.0.1 for every purpose here. */
-function unmapIPv4(address: string): string {
+export function unmapIPv4(address: string): string {
   const match = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(address)
   return match?.[1] ?? address
 }

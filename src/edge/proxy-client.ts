@@ -18,13 +18,15 @@ export interface ProxyClientFacts {
    * TCP peer's port stands in (a port is needed: Mosquitto refuses a v1 header with port 0).
    */
   forwarded: boolean
+  /** The client's port when a PROXY header in (listen.proxyProtocol) named it. */
+  clientPort?: number | undefined
   tls: ConnectionTls | undefined
 }
 
 export function describeProxyClient(facts: ProxyClientFacts): ProxyClient {
   const socket = facts.socket as Partial<Socket>
   return {
-    source: { address: facts.clientAddress, port: socket.remotePort ?? 0 },
+    source: { address: facts.clientAddress, port: facts.clientPort ?? socket.remotePort ?? 0 },
     destination: { address: socket.localAddress ?? '', port: socket.localPort ?? 0 },
     tls: facts.tls && {
       version: facts.tls.protocol,

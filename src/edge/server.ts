@@ -33,6 +33,7 @@ import {
 import { ClientAddressResolver, peerAddress } from './client-address.js'
 import { Diagnostics } from './diagnostics.js'
 import { describeProxyClient } from './proxy-client.js'
+import { ProxyGate } from './proxy-gate.js'
 import {
   parseSubprotocols,
   pickSubprotocol,
@@ -72,6 +73,8 @@ export class EdgeServer {
   readonly #steps: readonly Step<Upgrade>[]
   readonly #refuse: Refuser
   readonly #clientAddresses: ClientAddressResolver
+  /** listen.proxyProtocol: reads the load balancer's PROXY header first; undefined when off. */
+  readonly #proxyGate: ProxyGate | undefined
   readonly #server: http.Server | https.Server
   readonly #wss: WebSocketServer
   /** The diagnostics page and its JSON (http.diagnostics), else undefined. */
@@ -163,6 +166,20 @@ export class EdgeServer {
     // A CONNECT request (a client that took us for a forward proxy) gets its answer too; without a
     // listener Node would close the socket without a word.
     this.#server.on('connect', this.#onConnect)
+    // Last: the gate holds back every 'connection' listener above (and Node's own) until the
+    // PROXY header is read, so the handshake timer starts after it.
+    this.#proxyGate =
+      options.listen.proxyProtocol === 'off'
+        ? undefined
+        : new ProxyGate({
+            mode: options.listen.proxyProtocol,
+            from: options.listen.proxyProtocolFrom,
+            timeout: ws.handshakeTimeout,
+            listener: this.scheme,
+            log: options.log,
+            metrics: options.metrics,
+          })
+    this.#proxyGate?.install(this.#server, tls === undefined)
   }
 
   async listen(): Promise<AddressInfo> {
@@ -207,6 +224,7 @@ export class EdgeServer {
     this.#connections.stopConnectSweep()
     const serverClosed = new Promise<void>((resolve) => this.#server.close(() => resolve()))
     this.#server.closeIdleConnections()
+    this.#proxyGate?.destroyPending()
     await this.#connections.closeAll(this.scheme, shutdown, this.#log)
     this.#server.closeAllConnections()
     await serverClosed
@@ -281,6 +299,7 @@ export class EdgeServer {
             id,
             socket: req.socket,
             ...this.#clientOf(req),
+            clientPort: this.#proxyGate?.clientOf(req.socket)?.port,
             tls: this.#tlsDetails(req.socket).tls,
           })
         : undefined,
@@ -346,8 +365,13 @@ export class EdgeServer {
     }
   }
 
-  /** The client's address, from a trusted proxy's headers when the peer is one. */
+  /**
+   * The client's address: the PROXY header's source under listen.proxyProtocol, else from a
+   * trusted proxy's headers when the peer is one.
+   */
   #clientOf(req: http.IncomingMessage): Pick<ConnectionInfo, 'clientAddress' | 'forwarded'> {
+    const proxied = this.#proxyGate?.clientOf(req.socket)
+    if (proxied !== undefined) return { clientAddress: proxied.address, forwarded: true }
     const client = this.#clientAddresses.resolve(req.socket.remoteAddress ?? '', req.headers)
     return { clientAddress: client.address, forwarded: client.source !== 'peer' }
   }
