@@ -119,6 +119,42 @@ for (const [scheme, send] of [
   )
 }
 
+for (const send of ['send-proxy', 'send-proxy-v2'] as const) {
+  t.test(
+    `mqtts through HAProxy ${send}: the client is ${CLIENT}`,
+    { skip: NO_HAPROXY },
+    async (t) => {
+      const broker = await startBroker(t, 'aedes')
+      const gw = await startTestGateway(t, broker.port, {
+        ...tlsEnv(writeServerFiles(t, pki, 0)),
+        DRAWBRIDGE_TCP_ENABLED: 'true',
+        ...proxyEnv(send === 'send-proxy' ? 'v1' : 'v2'),
+      })
+      const haproxy = await startHaproxy(t, gw.mqttsPort ?? 0, send)
+      const client = mqtt.connect(`mqtts://127.0.0.1:${haproxy.port}`, {
+        protocolVersion: 4,
+        reconnectPeriod: 0,
+        connectTimeout: 5_000,
+        ca: pki.ca.cert,
+        rejectUnauthorized: true,
+        localAddress: CLIENT,
+      } as mqtt.IClientOptions)
+      t.teardown(() => client.end(true))
+      await new Promise((resolve, reject) => {
+        client.once('connect', resolve)
+        client.once('error', reject)
+      })
+      const line = await gw.waitForLog(opened)
+      t.equal(line.client, CLIENT, 'the log line names the client the header carried')
+      t.match(line.remote, /^127\.0\.0\.1:\d+$/, 'and the TCP peer, HAProxy')
+      const list = JSON.parse(
+        (await adminGet(gw.adminUrl, '/connections')).body,
+      ) as ConnectionView[]
+      t.equal(list[0]?.clientAddress, CLIENT, '/connections shows the client')
+    },
+  )
+}
+
 t.test('a listed peer without a header is dropped and counted', async (t) => {
   const broker = await startBroker(t, 'aedes')
   const gw = await startTestGateway(t, broker.port, proxyEnv('any'))

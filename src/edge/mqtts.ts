@@ -18,6 +18,8 @@ import type { BrokerConnector } from '../upstream/connector.js'
 import { admit, Capacity, connectDial, mqttsSteps, type Admission, type Step } from './admission.js'
 import { peerAddress } from './client-address.js'
 import { describeProxyClient } from './proxy-client.js'
+import { ProxyGate } from './proxy-gate.js'
+import type { ProxyProtocolIn } from './proxy-protocol-in.js'
 import { Refusals, Refuser } from './refusals.js'
 import type { TlsManager } from './tls.js'
 
@@ -35,6 +37,11 @@ export interface MqttsOptions {
   identity?: IdentityRewrite | undefined
   /** upstream.connectOn and upstream.affinity: when and where the broker is dialled. */
   upstream: Pick<Config['upstream'], 'connectOn' | 'affinity'>
+  /** listen.proxyProtocol and listen.proxyProtocolFrom: a balancer's PROXY header, before TLS. */
+  proxyProtocol: ProxyProtocolIn
+  proxyProtocolFrom: Config['listen']['proxyProtocolFrom']
+  /** ws.handshakeTimeout: how long the PROXY header may take. */
+  handshakeTimeout: number
   connections: ConnectionRegistry
   connector: BrokerConnector
   tls: TlsManager
@@ -47,6 +54,8 @@ export class MqttsListener {
   readonly #server: tls.Server
   readonly #steps: readonly Step<Admission>[]
   readonly #refuse: Refuser
+  /** listen.proxyProtocol: reads the load balancer's PROXY header first; undefined when off. */
+  readonly #proxyGate: ProxyGate | undefined
   readonly #connectionOptions: ConnectionOptions
   readonly #idPrefix = `t${randomBytes(3).toString('hex')}`
   #nextId = 0
@@ -58,6 +67,19 @@ export class MqttsListener {
     // The manager judges the client first, so its verdict is there when #onClient runs.
     options.tls.attach(this.#server, LISTENER)
     this.#server.on('secureConnection', this.#onClient)
+    // The TLS handshake begins on 'connection': the gate holds it back until the header is read.
+    this.#proxyGate =
+      options.proxyProtocol === 'off'
+        ? undefined
+        : new ProxyGate({
+            mode: options.proxyProtocol,
+            from: options.proxyProtocolFrom,
+            timeout: options.handshakeTimeout,
+            listener: LISTENER,
+            log: options.log,
+            metrics: options.metrics,
+          })
+    this.#proxyGate?.install(this.#server, false)
     options.metrics.addConnectionSource(LISTENER, () => options.connections.valuesOf(LISTENER))
     this.#steps = mqttsSteps({
       tls: options.tls,
@@ -97,6 +119,7 @@ export class MqttsListener {
   async close(shutdown: ShutdownPolicy): Promise<void> {
     this.#closing = true
     const serverClosed = new Promise<void>((resolve) => this.#server.close(() => resolve()))
+    this.#proxyGate?.destroyPending()
     await this.#options.connections.closeAll(LISTENER, shutdown, this.#options.log)
     await serverClosed
   }
@@ -128,8 +151,8 @@ export class MqttsListener {
         ? describeProxyClient({
             id,
             socket: client,
-            clientAddress: client.remoteAddress ?? 'unknown',
-            forwarded: false,
+            ...this.#clientOf(client),
+            clientPort: this.#proxyGate?.clientOf(client)?.port,
             tls: this.#options.tls.verdict(client)?.tls,
           })
         : undefined,
@@ -152,8 +175,7 @@ export class MqttsListener {
         id,
         listener: LISTENER,
         remoteAddress: peerAddress(client),
-        clientAddress: client.remoteAddress ?? 'unknown',
-        forwarded: false,
+        ...this.#clientOf(client),
         protocol: false,
         ...(verdict && { tls: verdict.tls }),
         proxy: admission.proxy,
@@ -162,5 +184,12 @@ export class MqttsListener {
     )
     this.#options.connections.add(connection)
     this.#options.metrics.connectionOpened(LISTENER)
+  }
+
+  /** The client's address: the PROXY header's source under listen.proxyProtocol, else the peer. */
+  #clientOf(client: tls.TLSSocket): { clientAddress: string; forwarded: boolean } {
+    const proxied = this.#proxyGate?.clientOf(client)
+    if (proxied !== undefined) return { clientAddress: proxied.address, forwarded: true }
+    return { clientAddress: client.remoteAddress ?? 'unknown', forwarded: false }
   }
 }
