@@ -2,7 +2,7 @@
 // of the WebSocket listener, over ws and over wss (TLS passed through, the gateway terminates).
 // A client bound to 127.0.0.9 connects through HAProxy (whose TCP peer is 127.0.0.1) and the
 // gateway names 127.0.0.9 as the client. Then what a balancer's peer must not get away with.
-import { connect, type Socket } from 'node:net'
+import { connect, createServer, type AddressInfo, type Socket } from 'node:net'
 import mqtt, { type MqttClient } from 'mqtt'
 import t from 'tap'
 import type { ConnectionView } from '../src/admin/connections.js'
@@ -154,6 +154,51 @@ for (const send of ['send-proxy', 'send-proxy-v2'] as const) {
     },
   )
 }
+
+t.test(
+  'the PROXY header to the broker names the client the balancer named',
+  { skip: NO_HAPROXY },
+  async (t) => {
+    // A broker stand-in that records the first line of each connection: the readiness probe's
+    // LOCAL header, and the client's.
+    const lines: string[] = []
+    const sockets = new Set<Socket>()
+    let onLine = (): void => undefined
+    const broker = createServer((socket) => {
+      sockets.add(socket)
+      socket.on('error', () => undefined)
+      socket.once('data', (chunk: Buffer) => {
+        lines.push(chunk.toString('latin1').split('\r\n')[0] ?? '')
+        onLine()
+      })
+    })
+    await new Promise<void>((resolve) => broker.listen(0, '127.0.0.1', resolve))
+    t.teardown(() => {
+      for (const socket of sockets) socket.destroy()
+      broker.close()
+    })
+    const gw = await startTestGateway(t, (broker.address() as AddressInfo).port, {
+      ...proxyEnv('v2'),
+      DRAWBRIDGE_UPSTREAM_PROXY_PROTOCOL: 'v1',
+    })
+    const haproxy = await startHaproxy(t, gw.port, 'send-proxy-v2')
+    const client = await rawSocket(haproxy.port, CLIENT)
+    const header = `PROXY TCP4 ${CLIENT} 127.0.0.1 ${client.localPort} ${gw.port}`
+    const found = new Promise<void>((resolve) => {
+      onLine = () => {
+        if (lines.includes(header)) resolve()
+      }
+      onLine()
+    })
+    client.write(upgradeRequest('/mqtt').join('\r\n') + '\r\n\r\n')
+    await found
+    t.ok(lines.includes(header), `the broker read ${header}`)
+    const closed = closedBy(client)
+    client.destroy()
+    await closed
+    await gw.waitForLog((line) => line.msg === 'connection closed')
+  },
+)
 
 t.test('a listed peer without a header is dropped and counted', async (t) => {
   const broker = await startBroker(t, 'aedes')
