@@ -1,6 +1,7 @@
 // The PROXY header encoder, byte for byte against the spec
 // (https://www.haproxy.org/download/2.9/doc/proxy-protocol.txt): v1 lines, the v2 preamble,
 // address blocks, TLVs and the SSL TLV with its sub-TLVs, LOCAL headers, and the size limit.
+import pp from 'proxy-protocol-js'
 import t from 'tap'
 import {
   encodeLocalHeader,
@@ -188,4 +189,32 @@ t.test('v2 stays under 500 bytes: the cipher goes first, then the CN, never cut'
 t.test('the unique id is cut at the spec maximum of 128 bytes', async (t) => {
   const { bytes } = encodeProxyHeader('v2', { ...v4, uniqueId: 'i'.repeat(200) })
   t.equal(bytes.readUInt16BE(14), 12 + 3 + 128)
+})
+
+// A second reader, written by others: proxy-protocol-js (moznion, maintained) parses what we
+// send. It reads the address block; the TLVs are what follows it, which it hands back whole.
+t.test('proxy-protocol-js reads our v1 and v2 headers back', async (t) => {
+  const v1 = pp.V1ProxyProtocol.parse(encodeProxyHeader('v1', v4).bytes.toString('latin1'))
+  t.match(v1, {
+    inetProtocol: 'TCP4',
+    source: { ipAddress: '192.0.2.7', port: 51234 },
+    destination: { ipAddress: '127.0.0.1', port: 8443 },
+  })
+  const header = encodeProxyHeader('v2', {
+    ...v4,
+    tls: { version: 'TLSv1.3', cipher: 'TLS_AES_256_GCM_SHA384', verifiedCn: 'alice' },
+    uniqueId: 'gw-1',
+  }).bytes
+  const v2 = pp.V2ProxyProtocol.parse(header)
+  t.equal(v2.command, pp.Command.PROXY)
+  t.equal(v2.transportProtocol, pp.TransportProtocol.STREAM)
+  const address = v2.proxyAddress as InstanceType<typeof pp.IPv4ProxyAddress>
+  t.same(address.sourceAddress.address, [192, 0, 2, 7])
+  t.equal(address.sourcePort, 51234)
+  t.same(address.destinationAddress.address, [127, 0, 0, 1])
+  t.equal(address.destinationPort, 8443)
+  // 16 bytes of preamble, 12 of IPv4 addresses: the rest are our TLVs, whole.
+  t.equal(Buffer.from(v2.data ?? []).toString('hex'), header.subarray(28).toString('hex'))
+  const local = pp.V2ProxyProtocol.parse(encodeLocalHeader('v2'))
+  t.equal(local.command, pp.Command.LOCAL)
 })
