@@ -14,7 +14,7 @@ import { startTestGateway, type LogLine, type TestGateway } from './helpers/gate
 import { HAPROXY, startHaproxy } from './helpers/haproxy.js'
 import { tlsEnv, testPki, writeServerFiles } from './helpers/pki.js'
 import { upgradeRequest } from './helpers/raw.js'
-import { adminGet, scrape } from './helpers/scrape.js'
+import { adminGet, scrape, value } from './helpers/scrape.js'
 import { skipWithout } from './helpers/tools.js'
 
 const NO_HAPROXY = skipWithout('haproxy', HAPROXY !== undefined, 'Debian package haproxy, .ci/run')
@@ -97,7 +97,11 @@ for (const [scheme, send] of [
       const broker = await startBroker(t, 'aedes')
       const tls = scheme === 'wss' ? tlsEnv(writeServerFiles(t, pki, 0)) : {}
       const mode = send === 'send-proxy' ? 'v1' : 'v2'
-      const gw = await startTestGateway(t, broker.port, { ...tls, ...proxyEnv(mode) })
+      const gw = await startTestGateway(t, broker.port, {
+        ...tls,
+        ...proxyEnv(mode),
+        DRAWBRIDGE_METRICS_PER_CLIENT: 'true',
+      })
       const haproxy = await startHaproxy(t, gw.port, send)
       const client = await connectFrom(
         `${scheme}://127.0.0.1:${haproxy.port}/mqtt`,
@@ -115,6 +119,16 @@ for (const [scheme, send] of [
       t.equal(list.length, 1)
       t.equal(list[0]?.clientAddress, CLIENT, '/connections shows the client')
       t.equal(list[0]?.forwardedFor, CLIENT)
+      const s = await scrape(gw.adminUrl)
+      t.equal(
+        value(s, 'drawbridge_client_connections_active', { client: CLIENT }),
+        1,
+        'per-client metrics count it under the client, not HAProxy',
+      )
+      t.notOk(
+        s.text.includes('drawbridge_client_connections_active{client="127.0.0.1"} 1'),
+        'and nothing under the balancer',
+      )
     },
   )
 }
