@@ -7,6 +7,7 @@ import { connect } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { freePort, type Teardown } from './broker.js'
+import { stopProcess } from './process.js'
 
 function findHaproxy(): string | undefined {
   for (const candidate of ['/usr/sbin/haproxy', '/usr/bin/haproxy']) {
@@ -61,13 +62,7 @@ export async function startHaproxy(
   let stderr = ''
   child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()))
   t.teardown(async () => {
-    if (child.exitCode === null && child.signalCode === null) {
-      const exited = new Promise((resolve) => child.once('exit', resolve))
-      child.kill('SIGTERM')
-      const timer = setTimeout(() => child.kill('SIGKILL'), 3_000)
-      await exited
-      clearTimeout(timer)
-    }
+    await stopProcess(child)
     rmSync(dir, { recursive: true, force: true })
   })
   // HAProxy says nothing once it listens: the ready frontend accepting (and closing) says it.

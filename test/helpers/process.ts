@@ -1,5 +1,5 @@
 // The gateway as a child process (dist/cli.js, as users run it), with its JSON log lines parsed.
-import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process'
+import { spawn, type ChildProcess, type ChildProcessWithoutNullStreams } from 'node:child_process'
 import { readFileSync } from 'node:fs'
 import { fileURLToPath } from 'node:url'
 import type { Teardown } from './broker.js'
@@ -87,4 +87,14 @@ export function spawnGateway(
 export async function listeningPort(gw: GatewayProcess): Promise<number> {
   const line = await gw.waitForLog((l) => l.msg.startsWith('gateway listening'))
   return Number(String(line.listen).split(':').pop())
+}
+
+/** Ends a peer process the way its service would be: SIGTERM, SIGKILL if it lingers 3 s. */
+export async function stopProcess(child: ChildProcess): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return
+  const exited = new Promise((resolve) => child.once('exit', resolve))
+  child.kill('SIGTERM')
+  const timer = setTimeout(() => child.kill('SIGKILL'), 3_000)
+  await exited
+  clearTimeout(timer)
 }

@@ -14,6 +14,7 @@ import {
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { freePort, waitForOutput, type Teardown } from './broker.js'
+import { stopProcess } from './process.js'
 
 function findSquid(): string | undefined {
   for (const candidate of ['/usr/sbin/squid', '/usr/bin/squid']) {
@@ -89,13 +90,7 @@ export async function startSquid(t: Teardown, options: SquidOptions): Promise<Sq
   // -d1: cache.log's level-1 lines on stderr too, among them the one saying squid listens.
   const child = spawn(SQUID, ['-N', '-d1', '-f', conf], { stdio: ['ignore', 'ignore', 'pipe'] })
   t.teardown(async () => {
-    if (child.exitCode === null && child.signalCode === null) {
-      const exited = new Promise((resolve) => child.once('exit', resolve))
-      child.kill('SIGTERM')
-      const timer = setTimeout(() => child.kill('SIGKILL'), 3_000)
-      await exited
-      clearTimeout(timer)
-    }
+    await stopProcess(child)
     rmSync(dir, { recursive: true, force: true })
   })
   const accepting = new RegExp(
