@@ -12,18 +12,13 @@ import { readConnect } from '../src/mqtt/connect.js'
 import { certificateIdentity, rewriteConnectUsername } from '../src/mqtt/identity.js'
 import type { ProtocolLevel } from '../src/mqtt/packet.js'
 import { prng, seedFrom, type Prng } from './helpers/prng.js'
+import { randomConnect as sharedRandomConnect, randomText } from './helpers/random-mqtt.js'
 
 const SEED = seedFrom(t, 'IDENTITY_SEED', 20_261_202)
 type Random = Prng
 const random = prng
 
-const CHARS = ['a', 'b', 'z', '0', '/', '-', '_', ' ', '.', '@', 'é', 'ß', '€', '水', '😀']
-
-function text(r: Random, min: number, max: number): string {
-  let out = ''
-  for (let n = min + r.int(max - min + 1); n > 0; n--) out += r.pick(CHARS)
-  return out
-}
+const text = randomText
 
 /** Sizes around the Remaining Length boundaries (127, 16383) turn up often enough. */
 function size(r: Random): number {
@@ -33,40 +28,8 @@ function size(r: Random): number {
   return 16_000 + r.int(800)
 }
 
-function randomConnect(r: Random, level: ProtocolLevel): IConnectPacket {
-  const hasUsername = r.chance(0.6)
-  const hasPassword = hasUsername && r.chance(0.7)
-  const clean = r.chance(0.5)
-  return {
-    cmd: 'connect',
-    protocolId: level === 3 ? 'MQIsdp' : 'MQTT',
-    protocolVersion: level,
-    clientId: text(r, level === 3 || !clean ? 1 : 0, 23),
-    clean,
-    keepalive: r.int(65_536),
-    ...(hasUsername && { username: text(r, 0, 30) }),
-    ...(hasPassword && { password: r.bytes(r.int(40)) }),
-    ...(r.chance(0.4) && {
-      will: {
-        topic: text(r, 1, 30),
-        payload: r.bytes(size(r)),
-        qos: r.pick([0, 1, 2] as const),
-        retain: r.chance(0.5),
-        ...(level === 5 &&
-          r.chance(0.5) && { properties: { willDelayInterval: r.int(1000), contentType: 'x' } }),
-      },
-    }),
-    ...(level === 5 &&
-      r.chance(0.6) && {
-        properties: {
-          sessionExpiryInterval: r.int(100_000),
-          maximumPacketSize: 100 + r.int(1_000_000),
-          userProperties: { [text(r, 1, 5)]: text(r, 0, 8) },
-          ...(r.chance(0.3) && { authenticationMethod: text(r, 1, 10) }),
-        },
-      }),
-  }
-}
+const randomConnect = (r: Random, level: ProtocolLevel): IConnectPacket =>
+  sharedRandomConnect(r, level, size)
 
 /** A certificate identity: mostly a device name, sometimes long, sometimes none. */
 function randomIdentity(r: Random): string | undefined {
