@@ -516,6 +516,138 @@ async function handshake({ id, target, count, concurrency, resume, maxSeconds })
   }
 }
 
+// ---- reconnect storm -------------------------------------------------------------------------
+
+/** The storm's clients that got their CONNACK, kept open until storm-close. */
+const stormSockets = []
+
+/**
+ * One storm client's attempt: TLS (or TCP), upgrade, CONNECT, and stays open at CONNACK.
+ * Resolves with the socket, or rejects with a short reason for the refusal table: `http 503`,
+ * `connack 3`, `reset`, `timeout`, `closed`, or the error code.
+ */
+function stormAttempt(target, clientId, timeoutMs) {
+  return new Promise((resolve, reject) => {
+    const socket =
+      target.kind === 'wss'
+        ? tls.connect({ host: target.host, port: target.port, rejectUnauthorized: false })
+        : net.connect({ host: target.host, port: target.port })
+    const key = randomBytes(16).toString('base64')
+    let stage = 'http'
+    let buf = Buffer.alloc(0)
+    let settled = false
+    const fail = (reason) => {
+      if (settled) return
+      settled = true
+      clearTimeout(timer)
+      socket.destroy()
+      reject(new Error(reason))
+    }
+    const timer = setTimeout(() => fail('timeout'), timeoutMs)
+    socket.once('error', (err) => fail(err.code === 'ECONNRESET' ? 'reset' : (err.code ?? 'error')))
+    socket.once('close', () => fail(stage === 'http' ? 'closed before the 101' : 'closed'))
+    socket.once(target.kind === 'wss' ? 'secureConnect' : 'connect', () => {
+      socket.write(
+        `GET ${target.path} HTTP/1.1\r\nHost: ${target.host}:${target.port}\r\nUpgrade: websocket\r\n` +
+          `Connection: Upgrade\r\nSec-WebSocket-Key: ${key}\r\nSec-WebSocket-Version: 13\r\n` +
+          (target.protocol ? `Sec-WebSocket-Protocol: ${target.protocol}\r\n` : '') +
+          '\r\n',
+      )
+    })
+    socket.on('data', (chunk) => {
+      if (settled) return
+      buf = buf.length === 0 ? chunk : Buffer.concat([buf, chunk])
+      if (stage === 'http') {
+        const end = buf.indexOf('\r\n\r\n')
+        if (end < 0) return
+        const status = buf.subarray(0, end).toString('latin1').split(' ', 2)[1]
+        if (status !== '101') return fail(`http ${status}`)
+        buf = buf.subarray(end + 4)
+        stage = 'connack'
+        socket.write(wsFrame(0x2, connect(clientId)))
+      }
+      // Server frames are unmasked: 0x82, length, then the 4-byte CONNACK.
+      if (stage === 'connack' && buf.length >= 6) {
+        if (buf[0] !== 0x82 || buf[2] >> 4 !== CONNACK) return fail('no CONNACK')
+        if (buf[5] !== 0) return fail(`connack ${buf[5]}`)
+        settled = true
+        clearTimeout(timer)
+        socket.removeAllListeners('data')
+        socket.removeAllListeners('close')
+        socket.on('error', () => {})
+        resolve(socket)
+      }
+    })
+  })
+}
+
+/**
+ * A reconnect storm, as after an outage: `clients` clients all start connecting at once (no
+ * pacing), each retrying a refused or failed attempt after `retryMs` (MQTT.js's default
+ * reconnectPeriod is 1 s), until each has its CONNACK or `maxSeconds` have passed.
+ */
+async function storm({ id, target, clients, retryMs, attemptTimeoutMs, maxSeconds, tag }) {
+  await waitGo(id)
+  const cpu0 = process.cpuUsage()
+  const t0 = performance.now()
+  const times = []
+  const failures = {}
+  let attempts = 0
+  const client = (n) =>
+    new Promise((done) => {
+      const attempt = () => {
+        if (performance.now() - t0 > maxSeconds * 1000) return done(false)
+        attempts++
+        stormAttempt(target, `storm-${tag}-${n}`, attemptTimeoutMs).then(
+          (socket) => {
+            stormSockets.push(socket)
+            times.push(performance.now() - t0)
+            done(true)
+          },
+          (err) => {
+            failures[err.message] = (failures[err.message] ?? 0) + 1
+            setTimeout(attempt, retryMs)
+          },
+        )
+      }
+      attempt()
+    })
+  const outcomes = await Promise.all(Array.from({ length: clients }, (_, n) => client(n)))
+  const cpu = process.cpuUsage(cpu0)
+  const wall = (performance.now() - t0) / 1000
+  times.sort((a, b) => a - b)
+  const at = (q) =>
+    times.length ? times[Math.min(times.length - 1, Math.floor(q * times.length))] : NaN
+  return {
+    clients,
+    connected: outcomes.filter(Boolean).length,
+    attempts,
+    failures,
+    lastMs: times.at(-1) ?? NaN,
+    p50Ms: at(0.5),
+    p90Ms: at(0.9),
+    p99Ms: at(0.99),
+    loadgenCpuUtil: (cpu.user + cpu.system) / 1e6 / wall,
+  }
+}
+
+async function stormClose() {
+  const sockets = stormSockets.splice(0)
+  const closed = sockets.map(
+    (s) =>
+      new Promise((r) => {
+        if (s.destroyed) return r()
+        s.once('close', r)
+        const code = Buffer.alloc(2)
+        code.writeUInt16BE(1000)
+        s.end(wsFrame(0x8, code))
+        setTimeout(() => s.destroy(), 5_000).unref()
+      }),
+  )
+  await within(60_000, 'closing storm connections', Promise.all(closed)).catch(() => {})
+  return { closed: sockets.length }
+}
+
 const handlers = {
   throughput,
   latency,
@@ -523,6 +655,8 @@ const handlers = {
   'idle-traffic': idleTraffic,
   'idle-close': idleClose,
   handshake,
+  storm,
+  'storm-close': stormClose,
 }
 
 process.on('message', (msg) => {

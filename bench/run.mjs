@@ -25,7 +25,13 @@ import {
   waitForPort,
 } from './lib/proc.mjs'
 import { InspectorSession } from './lib/gc.mjs'
-import { abSystem, inspectSystem, SYSTEMS, workersSystem } from './lib/systems.mjs'
+import {
+  abSystem,
+  acceptRateSystem,
+  inspectSystem,
+  SYSTEMS,
+  workersSystem,
+} from './lib/systems.mjs'
 import { compareReport, report } from './lib/report.mjs'
 
 const HERE = path.dirname(fileURLToPath(import.meta.url))
@@ -35,8 +41,14 @@ const USAGE = `Usage: npm run bench -- [options]
   --quick              small counts, whole run under two minutes
   --compare FILE       also show the change against an earlier results JSON
   --systems a,b        only these systems (${SYSTEMS.map((s) => s.name).join(', ')})
-  --workloads a,b      only these workloads (throughput, latency, idle, setup, inspect,
-                       inspect-memory)
+  --workloads a,b      only these workloads (throughput, latency, idle, setup, storm,
+                       inspect, inspect-memory)
+  --storm-clients N    clients of the reconnect storm (default 5000, quick 1000)
+  --storm-generators N generator processes for the storm (default: one per core left over
+                       by the system under test, at least 1)
+  --storm-accept-rate R
+                       also run the storm against Drawbridge with limits.acceptRate R/s
+                       (default 2000; 0 = not)
   --inspect-rounds N   on/off rounds of the inspect workload (each round runs both, in
                        alternating order; default 6, quick 2)
   --inspect-mode M     together (default): each round runs on and off at the same time,
@@ -76,6 +88,9 @@ const { values: opts } = parseArgs({
     'ab-env': { type: 'string', multiple: true },
     workers: { type: 'string' },
     'inspect-rounds': { type: 'string' },
+    'storm-clients': { type: 'string' },
+    'storm-generators': { type: 'string' },
+    'storm-accept-rate': { type: 'string', default: '2000' },
     'inspect-transports': { type: 'string', default: 'ws,wss' },
     'inspect-mode': { type: 'string', default: 'together' },
     scrape: { type: 'string', default: '1000' },
@@ -97,14 +112,16 @@ const PLAN = opts.quick
         { size: 64, count: 20_000, window: 1000 },
         { size: 1024, count: 10_000, window: 256 },
         { size: 16384, count: 2_000, window: 16 },
+        { size: 262144, count: 200, window: 4 },
       ],
       pairs: 2,
       maxSeconds: 20,
-      latency: { rate: 2000, seconds: 2, size: 64, warmup: 200 },
+      latency: { rate: 2000, seconds: 2, size: 64, warmup: 200, rounds: 1 },
       idle: [1000],
       settleMs: 1500,
       flatMs: 1500,
       setup: { count: 150, concurrency: 4, maxSeconds: 20 },
+      storm: { clients: 1000, retryMs: 1000, attemptTimeoutMs: 10_000, maxSeconds: 60 },
       repeat: 1,
       inspect: {
         throughput: [
@@ -120,14 +137,16 @@ const PLAN = opts.quick
         { size: 64, count: 200_000, window: 1000 },
         { size: 1024, count: 100_000, window: 256 },
         { size: 16384, count: 15_000, window: 16 },
+        { size: 262144, count: 1_500, window: 4 },
       ],
       pairs: 2,
       maxSeconds: 90,
-      latency: { rate: 2000, seconds: 10, size: 64, warmup: 1000 },
+      latency: { rate: 2000, seconds: 10, size: 64, warmup: 1000, rounds: 3 },
       idle: [1000, 10_000],
       settleMs: 5000,
       flatMs: 10_000,
       setup: { count: 1000, concurrency: 4, maxSeconds: 60 },
+      storm: { clients: 5000, retryMs: 1000, attemptTimeoutMs: 10_000, maxSeconds: 120 },
       repeat: 2,
       inspect: {
         throughput: [
@@ -139,6 +158,7 @@ const PLAN = opts.quick
       },
     }
 if (opts.repeat !== undefined) PLAN.repeat = Math.max(1, Number(opts.repeat))
+if (opts['storm-clients'] !== undefined) PLAN.storm.clients = Number(opts['storm-clients'])
 if (opts.idle !== undefined) PLAN.idle = opts.idle.split(',').map(Number)
 if (opts['inspect-rounds'] !== undefined) {
   PLAN.inspect.rounds = Math.max(1, Number(opts['inspect-rounds']))
@@ -159,7 +179,7 @@ const inspectTransports = opts['inspect-transports']
   .filter((t) => t !== '' && (!opts.systems || opts.systems.split(',').includes(`drawbridge-${t}`)))
 
 const wantedWorkloads = new Set(
-  (opts.workloads ?? 'throughput,latency,idle,setup,inspect,inspect-memory').split(','),
+  (opts.workloads ?? 'throughput,latency,idle,setup,storm,inspect,inspect-memory').split(','),
 )
 const wantedSystems = opts.systems ? new Set(opts.systems.split(',')) : undefined
 
@@ -540,6 +560,107 @@ async function setupRun(lg, sut, broker, resume) {
 }
 
 /**
+ * The gateway's refusal counters (every `*_total` series with a `reason` label whose name
+ * says refusal or rejection), as `name{labels}` -> value; empty without an admin listener.
+ */
+async function refusalCounts(sut) {
+  if (!sut.adminUrl) return {}
+  const text = await fetch(`${sut.adminUrl}/metrics`)
+    .then((res) => res.text())
+    .catch(() => '')
+  const counts = {}
+  for (const line of text.split('\n')) {
+    const m = /^(\w*(?:refus|reject)\w*_total)\{([^}]*reason="[^"]*"[^}]*)\} (\S+)$/.exec(line)
+    if (m) counts[`${m[1]}{${m[2]}}`] = Number(m[3])
+  }
+  return counts
+}
+
+/**
+ * A reconnect storm against a running system, warmed up first: PLAN.storm.clients wss clients
+ * split over `generators`, all let go at once. The gateway's CPU is sampled when every
+ * generator is ready and again when the last client is in; its RSS is polled every 50 ms for
+ * the peak. Refusals are the clients' failed attempts by reason, and the gateway's own counts.
+ */
+async function stormRun(generators, sut, broker) {
+  await generators[0].request('idle-open', { target: sut.target, clients: 50, concurrency: 10 })
+  await generators[0].request('idle-close', {})
+  await sleep(500)
+  const refusedBefore = await refusalCounts(sut)
+  const rssBefore = rssKiB(sut.pid)
+  let rssPeak = rssBefore
+  let before
+  const arrive = barrier(generators.length)
+  const share = Math.ceil(PLAN.storm.clients / generators.length)
+  const poll = setInterval(() => {
+    rssPeak = Math.max(rssPeak, rssKiB(sut.pid))
+  }, 50)
+  let results
+  try {
+    results = await Promise.all(
+      generators.map((g, i) =>
+        g.request(
+          'storm',
+          {
+            target: sut.target,
+            clients: Math.min(share, PLAN.storm.clients - i * share),
+            retryMs: PLAN.storm.retryMs,
+            attemptTimeoutMs: PLAN.storm.attemptTimeoutMs,
+            maxSeconds: PLAN.storm.maxSeconds,
+            tag: `${i}-${Date.now().toString(36)}`,
+          },
+          {
+            onReady: () =>
+              arrive(() => {
+                before = sample(sut, broker, generators[0])
+              }),
+          },
+        ),
+      ),
+    )
+  } finally {
+    clearInterval(poll)
+  }
+  const after = sample(sut, broker, generators[0])
+  rssPeak = Math.max(rssPeak, rssKiB(sut.pid))
+  const refusedAfter = await refusalCounts(sut)
+  await Promise.all(generators.map((g) => g.request('storm-close', {})))
+  const failures = {}
+  for (const r of results)
+    for (const [why, n] of Object.entries(r.failures)) failures[why] = (failures[why] ?? 0) + n
+  const gatewayRefusals = {}
+  for (const [k, v] of Object.entries(refusedAfter)) {
+    const d = v - (refusedBefore[k] ?? 0)
+    if (d > 0) gatewayRefusals[k] = d
+  }
+  const connected = results.reduce((n, r) => n + r.connected, 0)
+  const wall = (after.t - before.t) / 1000
+  return {
+    clients: PLAN.storm.clients,
+    generators: generators.length,
+    connected,
+    attempts: results.reduce((n, r) => n + r.attempts, 0),
+    // Each generator's clock starts at its own go, within a millisecond of the others'.
+    allInSeconds: Math.max(...results.map((r) => r.lastMs)) / 1000,
+    p50Seconds: median(results.map((r) => r.p50Ms)) / 1000,
+    p99Seconds: Math.max(...results.map((r) => r.p99Ms)) / 1000,
+    sutCpuSeconds: sut.pid ? after.sut - before.sut : null,
+    cpuMsPerClient: sut.pid && connected > 0 ? ((after.sut - before.sut) * 1e3) / connected : null,
+    rssBeforeMiB: rssBefore / 1024,
+    rssPeakMiB: rssPeak / 1024,
+    failures,
+    gatewayRefusals,
+    util: {
+      sut: sut.pid ? (after.sut - before.sut) / wall : 0,
+      broker: (after.broker - before.broker) / wall,
+      loadgen: median(results.map((r) => r.loadgenCpuUtil)),
+      machine:
+        (after.machine[0] - before.machine[0]) / Math.max(1, after.machine[1] - before.machine[1]),
+    },
+  }
+}
+
+/**
  * Memory per idle client after a full GC, the system started with its inspector on
  * `inspectPort`: the baseline after a warm-up wave, then `clients` connected and settled. One
  * DevTools session for the whole run, so what the inspector allocates is in the baseline too.
@@ -709,15 +830,32 @@ async function main() {
           }
         }
         if (wantedWorkloads.has('latency')) {
-          for (const { system, sut } of running) {
-            progress(
-              `latency ${PLAN.latency.rate} msg/s for ${PLAN.latency.seconds} s: ${system.name}`,
-            )
-            const r = await latencyRun(lg, sut, broker)
-            progress(
-              `  p50 ${r.p50.toFixed(3)} ms, p99 ${r.p99.toFixed(3)} ms, p99.9 ${r.p999.toFixed(3)} ms`,
-            )
-            record('latency', PLAN.latency, system, r)
+          // Rounds go round the systems in turn; each figure is the median of its rounds, so
+          // one burst of noise from elsewhere on the host moves no system's figure alone.
+          const rounds = new Map(running.map(({ system }) => [system, []]))
+          for (let round = 1; round <= PLAN.latency.rounds; round++) {
+            for (const { system, sut } of running) {
+              progress(
+                `latency ${PLAN.latency.rate} msg/s for ${PLAN.latency.seconds} s: ${system.name} (${round}/${PLAN.latency.rounds})`,
+              )
+              const r = await latencyRun(lg, sut, broker)
+              progress(
+                `  p50 ${r.p50.toFixed(3)} ms, p99 ${r.p99.toFixed(3)} ms, p99.9 ${r.p999.toFixed(3)} ms`,
+              )
+              rounds.get(system).push(r)
+            }
+          }
+          for (const [system, rs] of rounds) {
+            const med = (key) => median(rs.map((r) => r[key]))
+            record('latency', PLAN.latency, system, {
+              ...rs[0],
+              p50: med('p50'),
+              p99: med('p99'),
+              p999: med('p999'),
+              max: Math.max(...rs.map((r) => r.max)),
+              cpuUsPerMsg: rs[0].cpuUsPerMsg === null ? null : med('cpuUsPerMsg'),
+              rounds: rs.map(({ p50, p99, p999, max }) => ({ p50, p99, p999, max })),
+            })
           }
         }
       } finally {
@@ -911,6 +1049,39 @@ async function main() {
           )
           record(v.id, { cert: v.cert.name, resume: v.resume, ...PLAN.setup }, system, m)
         }
+      }
+    }
+
+    if (wantedWorkloads.has('storm')) {
+      const rate = Number(opts['storm-accept-rate'])
+      const stormSystems = [...systems.filter((s) => s.transport === 'wss')]
+      if (rate > 0 && (!wantedSystems || wantedSystems.has('drawbridge-wss'))) {
+        const limited = acceptRateSystem(rate)
+        const why = await limited.available(ctx)
+        if (why) {
+          progress(`${limited.name}: ${why}`)
+          skipped.push({ system: limited.name, reason: why })
+        } else stormSystems.push(limited)
+      }
+      const count =
+        opts['storm-generators'] !== undefined
+          ? Math.max(1, Number(opts['storm-generators']))
+          : Math.max(1, os.cpus().length - 1)
+      const generators = [lg]
+      try {
+        for (let i = 1; i < count; i++) generators.push(new Loadgen())
+        for (const system of stormSystems) {
+          progress(`storm of ${PLAN.storm.clients} wss clients: ${system.name}`)
+          const m = await withSystem(system, certs.ecdsa, (sut) =>
+            stormRun(generators, sut, broker),
+          )
+          progress(
+            `  ${m.connected}/${m.clients} in ${m.allInSeconds.toFixed(2)} s, ${m.cpuMsPerClient?.toFixed(2) ?? '-'} ms CPU each, peak RSS ${m.rssPeakMiB.toFixed(0)} MiB, ${m.attempts - m.connected} failed attempts ${JSON.stringify(m.failures)}`,
+          )
+          record('storm', PLAN.storm, system, m)
+        }
+      } finally {
+        await Promise.all(generators.slice(1).map((g) => g.stop()))
       }
     }
 

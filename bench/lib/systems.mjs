@@ -129,7 +129,14 @@ export const SYSTEMS = [
       const p = await startProcess(
         'naive-ws',
         process.execPath,
-        (port) => [NAIVE, '--port', String(port), '--broker', `127.0.0.1:${ctx.broker.port}`],
+        (port) => [
+          ...ctx.nodeFlags,
+          NAIVE,
+          '--port',
+          String(port),
+          '--broker',
+          `127.0.0.1:${ctx.broker.port}`,
+        ],
         naiveEnv,
       )
       return { ...p, target: wsTarget('ws', p.port) }
@@ -160,6 +167,7 @@ export const SYSTEMS = [
         'naive-wss',
         process.execPath,
         (port) => [
+          ...ctx.nodeFlags,
           NAIVE,
           '--port',
           String(port),
@@ -285,6 +293,44 @@ export function workersSystem(workers, env = {}) {
         (port) => drawbridgeEnv(port, ctx.broker, undefined, { ...ctx.drawbridgeEnv, ...env }),
       )
       return { ...p, target: wsTarget('ws', p.port) }
+    },
+  }
+}
+
+/**
+ * Drawbridge over wss with limits.acceptRate (`--storm-accept-rate`), for the storm workload:
+ * the same build and settings as drawbridge-wss, new TCP connections past the rate closed
+ * before their TLS handshake. Unavailable in a build without the setting.
+ */
+export function acceptRateSystem(rate) {
+  const name = `drawbridge-wss-accept${rate}`
+  const env = { DRAWBRIDGE_LIMITS_ACCEPT_RATE: String(rate) }
+  return {
+    name,
+    label: `Drawbridge, wss, limits.acceptRate ${rate}/s`,
+    transport: 'wss',
+    available: async (ctx) => {
+      const tls = await drawbridgeTlsUnavailable(ctx.certs.ecdsa)
+      if (tls) return tls
+      try {
+        const { stdout } = await run(process.execPath, [cliPath(), 'check-config'], {
+          env: drawbridgeEnv(1, { port: 1 }, ctx.certs.ecdsa, env),
+          timeout: 15_000,
+        })
+        const limits = JSON.parse(stdout).limits ?? {}
+        return limits.acceptRate === rate ? undefined : 'no limits.acceptRate in this build'
+      } catch (err) {
+        return `not available (${(err.stderr ?? err.message).toString().trim().split('\n')[0]})`
+      }
+    },
+    start: async (ctx) => {
+      const p = await startDrawbridge(
+        name,
+        () => [...ctx.nodeFlags, cliPath()],
+        (port, admin) =>
+          drawbridgeEnv(port, ctx.broker, ctx.cert, { ...ctx.drawbridgeEnv, ...env }, admin),
+      )
+      return { ...p, target: wsTarget('wss', p.port) }
     },
   }
 }
