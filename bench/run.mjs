@@ -63,7 +63,10 @@ const USAGE = `Usage: npm run bench -- [options]
   --ab-env K=V         extra env for drawbridge-ws-ab only (repeatable; A/B of a setting)
   --workers 1,2        also run Drawbridge over ws as N node:cluster workers on one port
   --drawbridge-dist D  run the Drawbridge systems from another build's dist/ (e.g. a merge preview)
-  --cpu-prof DIR       run Drawbridge with --cpu-prof, profiles written to DIR
+  --cpu-prof DIR       run Drawbridge (and the naive bridge) with --cpu-prof, profiles
+                       written to DIR
+  --node-flag F        an extra node flag for Drawbridge and the naive bridge (repeatable),
+                       e.g. --node-flag=--trace-gc with BENCH_DEBUG=1 to see their output
   --cpu-prof-interval US
                        sampling interval of --cpu-prof in µs (node's default 1000)
   --scrape MS          scrape each Drawbridge's /metrics every MS during measurements, as
@@ -83,6 +86,7 @@ const { values: opts } = parseArgs({
     'drawbridge-env': { type: 'string', multiple: true },
     'cpu-prof': { type: 'string' },
     'cpu-prof-interval': { type: 'string' },
+    'node-flag': { type: 'string', multiple: true },
     ab: { type: 'string' },
     'drawbridge-dist': { type: 'string' },
     'ab-env': { type: 'string', multiple: true },
@@ -747,7 +751,7 @@ async function main() {
     broker = await startBroker(tmp)
     progress(`broker: ${broker.kind} on 127.0.0.1:${broker.port}`)
     lg = new Loadgen()
-    const nodeFlags = []
+    const nodeFlags = [...(opts['node-flag'] ?? [])]
     if (opts['cpu-prof']) {
       mkdirSync(opts['cpu-prof'], { recursive: true })
       nodeFlags.push('--cpu-prof', `--cpu-prof-dir=${path.resolve(opts['cpu-prof'])}`)
