@@ -233,6 +233,13 @@ export const schema = {
       default: false,
       env: 'DRAWBRIDGE_TLS_GENERATE_DEV_CERTS',
     },
+    ticketKeys: {
+      doc: 'File with the 48 bytes (raw, or base64 on one line) that encrypt TLS session tickets. Give every replica behind one load balancer the same file, so a client resumes its session (a cheaper handshake) on whichever replica it reaches after a reconnect or a rolling update. Empty: random keys made at start, kept across certificate reloads. Watched and reloaded like tls.cert; a new key ends resumption of older tickets. Rotate it (e.g. daily): whoever holds it can decrypt recorded sessions resumed with it.',
+      format: 'file-path',
+      default: '',
+      sensitive: true,
+      env: 'DRAWBRIDGE_TLS_TICKET_KEYS',
+    },
     identityAs: {
       doc: "What the broker is told of a verified client certificate. none: nothing, the CONNECT goes on unchanged. username: the CONNECT's username is replaced by the certificate's identity (tls.identityFrom), for brokers that cannot read PROXY v2; a client without a verified certificate has any username it sent removed (below MQTT 5 its password with it). Needs mqtt.inspect, tls.enabled and tls.clientAuth optional or required.",
       format: ['none', 'username'],
@@ -465,6 +472,7 @@ export interface TlsConfig {
   watch: boolean
   reloadDebounce: number
   generateDevCerts: boolean
+  ticketKeys: string
   identityAs: IdentityAs
   identityFrom: IdentityFrom
 }

@@ -7,7 +7,7 @@
 // 'secureConnection', so every refusal has a reason (no_cert, unknown_ca, expired, revoked...)
 // that is logged and counted, and an untrusted certificate in `optional` mode is refused rather
 // than silently treated as "no certificate" (FIELD-NOTES 33).
-import { createHash, createPrivateKey, type X509Certificate } from 'node:crypto'
+import { createHash, createPrivateKey, randomBytes, type X509Certificate } from 'node:crypto'
 import { readFileSync, realpathSync, watch, type FSWatcher } from 'node:fs'
 import { dirname, resolve } from 'node:path'
 import tls from 'node:tls'
@@ -54,6 +54,8 @@ export interface TlsMaterial {
   served: ServedCert
   /** What tls.crl revokes, to check sessions opened before a reload (empty without a CRL). */
   revocations: Revocations[]
+  /** The keys from tls.ticketKeys; undefined when it is empty (the manager's random ones). */
+  ticketKeys: Buffer | undefined
   /** Hash of every input, to skip reloads that change nothing (watchers fire several times). */
   digest: string
 }
@@ -61,7 +63,11 @@ export interface TlsMaterial {
 export type TlsFiles = Pick<
   TlsConfig,
   'cert' | 'key' | 'passphrase' | 'ca' | 'crl' | 'minVersion' | 'ciphers'
->
+> &
+  Partial<Pick<TlsConfig, 'ticketKeys'>>
+
+/** Node's session ticket keys: 16 bytes of name, 16 of HMAC secret, 16 of AES key. */
+const TICKET_KEYS_BYTES = 48
 
 function fail(reason: string, message: string, cause?: unknown): never {
   throw new TlsMaterialError(message, { reason, ...(cause !== undefined && { cause }) })
@@ -168,6 +174,11 @@ export function loadTlsMaterial(files: TlsFiles, now = Date.now()): TlsMaterial 
     context.crl = crlPem
     hash.update('\0crl\0').update(crlPem)
   }
+  const ticketKeys =
+    files.ticketKeys === undefined || files.ticketKeys === ''
+      ? undefined
+      : readTicketKeys(files.ticketKeys)
+  if (ticketKeys !== undefined) hash.update('\0tickets\0').update(ticketKeys)
   hash.update(`\0${files.minVersion}\0${files.ciphers}`)
   try {
     tls.createSecureContext(context)
@@ -185,6 +196,7 @@ export function loadTlsMaterial(files: TlsFiles, now = Date.now()): TlsMaterial 
   return {
     context,
     revocations,
+    ticketKeys,
     digest: hash.digest('hex'),
     served: {
       subject: leaf.subject.replace(/\n/g, ', '),
@@ -195,6 +207,28 @@ export function loadTlsMaterial(files: TlsFiles, now = Date.now()): TlsMaterial 
       daysLeft: Math.floor((notAfter - now) / DAY_MS),
     },
   }
+}
+
+/** tls.ticketKeys: exactly 48 bytes, as written (`openssl rand 48`) or in base64. */
+function readTicketKeys(path: string): Buffer {
+  let raw: Buffer
+  try {
+    raw = readFileSync(path)
+  } catch (err) {
+    return fail(
+      'unreadable',
+      `tls.ticketKeys (${path}) cannot be read: ${(err as NodeJS.ErrnoException).code ?? String(err)}`,
+      err,
+    )
+  }
+  if (raw.length === TICKET_KEYS_BYTES) return raw
+  const text = raw.toString('latin1').trim()
+  const decoded = /^[A-Za-z0-9+/]+={0,2}$/.test(text) ? Buffer.from(text, 'base64') : undefined
+  if (decoded?.length === TICKET_KEYS_BYTES) return decoded
+  return fail(
+    'parse',
+    `tls.ticketKeys (${path}) must hold ${TICKET_KEYS_BYTES} bytes, raw or in base64 (openssl rand ${TICKET_KEYS_BYTES} > file); it holds ${raw.length} bytes`,
+  )
 }
 
 // ---- client certificates -----------------------------------------------------------------
@@ -309,6 +343,12 @@ export class TlsManager {
   readonly #verdicts = new WeakMap<object, ClientVerdict>()
   #settings: TlsConfig
   #material: TlsMaterial
+  /**
+   * Made once and given to the server at creation: a server created without ticket keys gets
+   * new random ones with every SecureContext, so every certificate reload ended resumption and
+   * each client paid a full handshake after each rotation.
+   */
+  readonly #randomTicketKeys = randomBytes(TICKET_KEYS_BYTES)
   #watchers: FSWatcher[] = []
   #watchedDirs = ''
   #debounce: NodeJS.Timeout | undefined
@@ -352,7 +392,12 @@ export class TlsManager {
       rejectUnauthorized: false,
       ALPNProtocols: ['http/1.1'],
       handshakeTimeout: this.#handshakeTimeout,
+      ticketKeys: this.#ticketKeys(),
     }
+  }
+
+  #ticketKeys(): Buffer {
+    return this.#material.ticketKeys ?? this.#randomTicketKeys
   }
 
   /**
@@ -423,9 +468,14 @@ export class TlsManager {
       this.#emit({ type: 'reload', result: 'unchanged', cause })
       return { ok: true, changed: false, served: material.served }
     }
-    for (const server of this.#servers) server.setSecureContext(material.context)
     const previous = this.#material.served.serial
     this.#material = material
+    for (const server of this.#servers) {
+      server.setSecureContext(material.context)
+      // Node keeps the keys given at creation across setSecureContext; a new tls.ticketKeys
+      // file is applied here.
+      server.setTicketKeys(this.#ticketKeys())
+    }
     this.#logServed('TLS material reloaded', { cause, previousSerial: previous })
     this.#emit({ type: 'reload', result: 'ok', cause })
     return { ok: true, changed: true, served: material.served }
@@ -507,7 +557,13 @@ export class TlsManager {
 
 function watchedDirs(settings: TlsConfig): string[] {
   const dirs = new Set<string>()
-  for (const file of [settings.cert, settings.key, settings.ca, settings.crl]) {
+  for (const file of [
+    settings.cert,
+    settings.key,
+    settings.ca,
+    settings.crl,
+    settings.ticketKeys,
+  ]) {
     if (file === '') continue
     dirs.add(dirname(resolve(file)))
     try {
