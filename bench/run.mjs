@@ -59,8 +59,9 @@ const USAGE = `Usage: npm run bench -- [options]
   --idle 1000,10000    idle client counts
   --repeat N           run each throughput/setup measurement N times, keep the least CPU
   --drawbridge-env K=V extra env for the Drawbridge processes (repeatable)
-  --ab DIST           also run "drawbridge-ws-ab" from another build's dist/ (A/B of a change)
-  --ab-env K=V         extra env for drawbridge-ws-ab only (repeatable; A/B of a setting)
+  --ab DIST            also run "drawbridge-ws-ab" and "drawbridge-wss-ab" from another
+                       build's dist/ (A/B of a change; pick them with --systems)
+  --ab-env K=V         extra env for the -ab systems only (repeatable; A/B of a setting)
   --workers 1,2        also run Drawbridge over ws as N node:cluster workers on one port
   --drawbridge-dist D  run the Drawbridge systems from another build's dist/ (e.g. a merge preview)
   --cpu-prof DIR       run Drawbridge (and the naive bridge) with --cpu-prof, profiles
@@ -769,7 +770,11 @@ async function main() {
     const systems = []
     const all = [
       ...SYSTEMS,
-      ...(opts.ab ? [abSystem(path.resolve(opts.ab), envPairs(opts['ab-env']))] : []),
+      ...(opts.ab
+        ? ['ws', 'wss'].map((transport) =>
+            abSystem(path.resolve(opts.ab), envPairs(opts['ab-env']), transport),
+          )
+        : []),
       ...(opts.workers ?? '')
         .split(',')
         .filter((n) => n !== '')

@@ -253,22 +253,32 @@ export function inspectSystem(transport, inspect, extraNodeFlags = []) {
   }
 }
 
-/** Drawbridge over ws from another build (`--ab DIST`), to A/B a change in the same run. */
-export function abSystem(dist, env = {}) {
+/**
+ * Drawbridge from another build (`--ab DIST`), to A/B a change in the same run: over ws
+ * (`drawbridge-ws-ab`) or wss (`drawbridge-wss-ab`, for the setup and storm workloads).
+ */
+export function abSystem(dist, env = {}, transport = 'ws') {
   const cli = `${dist}/cli.js`
+  const name = `drawbridge-${transport}-ab`
   return {
-    name: 'drawbridge-ws-ab',
-    label: `Drawbridge, ws (${dist})`,
-    transport: 'ws',
+    name,
+    label: `Drawbridge, ${transport} (${dist})`,
+    transport,
     available: async () => (existsSync(cli) ? undefined : `${cli} missing`),
     start: async (ctx) => {
       const p = await startDrawbridge(
-        'drawbridge-ws-ab',
-        () => [cli],
+        name,
+        () => [...ctx.nodeFlags, cli],
         (port, admin) =>
-          drawbridgeEnv(port, ctx.broker, undefined, { ...ctx.drawbridgeEnv, ...env }, admin),
+          drawbridgeEnv(
+            port,
+            ctx.broker,
+            transport === 'wss' ? ctx.cert : undefined,
+            { ...ctx.drawbridgeEnv, ...env },
+            admin,
+          ),
       )
-      return { ...p, target: wsTarget('ws', p.port) }
+      return { ...p, target: wsTarget(transport, p.port) }
     },
   }
 }
