@@ -526,11 +526,11 @@ const stormSockets = []
  * Resolves with the socket, or rejects with a short reason for the refusal table: `http 503`,
  * `connack 3`, `reset`, `timeout`, `closed`, or the error code.
  */
-function stormAttempt(target, clientId, timeoutMs) {
+function stormAttempt(target, clientId, timeoutMs, session) {
   return new Promise((resolve, reject) => {
     const socket =
       target.kind === 'wss'
-        ? tls.connect({ host: target.host, port: target.port, rejectUnauthorized: false })
+        ? tls.connect({ host: target.host, port: target.port, rejectUnauthorized: false, session })
         : net.connect({ host: target.host, port: target.port })
     const key = randomBytes(16).toString('base64')
     let stage = 'http'
@@ -582,12 +582,45 @@ function stormAttempt(target, clientId, timeoutMs) {
 }
 
 /**
+ * A TLS session ticket for each of `clients` clients, as they would hold one from before an
+ * outage: one connection each (50 at a time), to the CONNACK, then closed.
+ */
+async function stormTickets(target, clients, tag, attemptTimeoutMs) {
+  const tickets = new Array(clients)
+  let next = 0
+  const worker = async () => {
+    while (next < clients) {
+      const n = next++
+      const socket = await stormAttempt(target, `storm-${tag}-${n}`, attemptTimeoutMs).catch(
+        () => undefined,
+      )
+      if (socket === undefined) continue
+      // TLS 1.3 tickets arrive after the handshake; the CONNACK came after them.
+      tickets[n] = socket.getSession()
+      await new Promise((r) => {
+        socket.once('close', r)
+        socket.destroy()
+      })
+    }
+  }
+  await Promise.all(Array.from({ length: 50 }, worker))
+  return tickets
+}
+
+/**
  * A reconnect storm, as after an outage: `clients` clients all start connecting at once (no
  * pacing), each retrying a refused or failed attempt after `retryMs` (MQTT.js's default
- * reconnectPeriod is 1 s), until each has its CONNACK or `maxSeconds` have passed.
+ * reconnectPeriod is 1 s), until each has its CONNACK or `maxSeconds` have passed. With
+ * `resume`, each first gets a TLS session ticket and offers it in the storm, as clients that
+ * were connected before a broker outage or a network blip do.
  */
-async function storm({ id, target, clients, retryMs, attemptTimeoutMs, maxSeconds, tag }) {
+async function storm({ id, target, clients, retryMs, attemptTimeoutMs, maxSeconds, tag, resume }) {
+  const tickets =
+    resume && target.kind === 'wss'
+      ? await stormTickets(target, clients, tag, attemptTimeoutMs)
+      : []
   await waitGo(id)
+  let resumed = 0
   const cpu0 = process.cpuUsage()
   const t0 = performance.now()
   const times = []
@@ -598,8 +631,9 @@ async function storm({ id, target, clients, retryMs, attemptTimeoutMs, maxSecond
       const attempt = () => {
         if (performance.now() - t0 > maxSeconds * 1000) return done(false)
         attempts++
-        stormAttempt(target, `storm-${tag}-${n}`, attemptTimeoutMs).then(
+        stormAttempt(target, `storm-${tag}-${n}`, attemptTimeoutMs, tickets[n]).then(
           (socket) => {
+            if (socket.isSessionReused?.()) resumed++
             stormSockets.push(socket)
             times.push(performance.now() - t0)
             done(true)
@@ -621,6 +655,7 @@ async function storm({ id, target, clients, retryMs, attemptTimeoutMs, maxSecond
   return {
     clients,
     connected: outcomes.filter(Boolean).length,
+    resumed,
     attempts,
     failures,
     lastMs: times.at(-1) ?? NaN,

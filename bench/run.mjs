@@ -587,7 +587,7 @@ async function refusalCounts(sut) {
  * generator is ready and again when the last client is in; its RSS is polled every 50 ms for
  * the peak. Refusals are the clients' failed attempts by reason, and the gateway's own counts.
  */
-async function stormRun(generators, sut, broker) {
+async function stormRun(generators, sut, broker, resume) {
   await generators[0].request('idle-open', { target: sut.target, clients: 50, concurrency: 10 })
   await generators[0].request('idle-close', {})
   await sleep(500)
@@ -613,6 +613,7 @@ async function stormRun(generators, sut, broker) {
             attemptTimeoutMs: PLAN.storm.attemptTimeoutMs,
             maxSeconds: PLAN.storm.maxSeconds,
             tag: `${i}-${Date.now().toString(36)}`,
+            resume,
           },
           {
             onReady: () =>
@@ -644,6 +645,8 @@ async function stormRun(generators, sut, broker) {
     clients: PLAN.storm.clients,
     generators: generators.length,
     connected,
+    resume,
+    resumed: results.reduce((n, r) => n + r.resumed, 0),
     attempts: results.reduce((n, r) => n + r.attempts, 0),
     // Each generator's clock starts at its own go, within a millisecond of the others'.
     allInSeconds: Math.max(...results.map((r) => r.lastMs)) / 1000,
@@ -1079,15 +1082,19 @@ async function main() {
       const generators = [lg]
       try {
         for (let i = 1; i < count; i++) generators.push(new Loadgen())
-        for (const system of stormSystems) {
-          progress(`storm of ${PLAN.storm.clients} wss clients: ${system.name}`)
-          const m = await withSystem(system, certs.ecdsa, (sut) =>
-            stormRun(generators, sut, broker),
-          )
-          progress(
-            `  ${m.connected}/${m.clients} in ${m.allInSeconds.toFixed(2)} s, ${m.cpuMsPerClient?.toFixed(2) ?? '-'} ms CPU each, peak RSS ${m.rssPeakMiB.toFixed(0)} MiB, ${m.attempts - m.connected} failed attempts ${JSON.stringify(m.failures)}`,
-          )
-          record('storm', PLAN.storm, system, m)
+        for (const resume of [false, true]) {
+          for (const system of stormSystems) {
+            progress(
+              `storm of ${PLAN.storm.clients} wss clients${resume ? ' offering session tickets' : ''}: ${system.name}`,
+            )
+            const m = await withSystem(system, certs.ecdsa, (sut) =>
+              stormRun(generators, sut, broker, resume),
+            )
+            progress(
+              `  ${m.connected}/${m.clients} in ${m.allInSeconds.toFixed(2)} s (${m.resumed} resumed), ${m.cpuMsPerClient?.toFixed(2) ?? '-'} ms CPU each, peak RSS ${m.rssPeakMiB.toFixed(0)} MiB, ${m.attempts - m.connected} failed attempts ${JSON.stringify(m.failures)}`,
+            )
+            record(resume ? 'storm-resumed' : 'storm', { ...PLAN.storm, resume }, system, m)
+          }
         }
       } finally {
         await Promise.all(generators.slice(1).map((g) => g.stop()))

@@ -213,13 +213,14 @@ export function report(doc) {
     )
   }
 
-  const storm = w.get('storm')
-  if (storm) {
+  for (const stormKey of ['storm', 'storm-resumed']) {
+    const storm = w.get(stormKey)
+    if (!storm) continue
     const p = storm.values().next().value.params
     out.push(
-      `### Reconnect storm: ${p.clients.toLocaleString('en-US')} wss clients at once (TLS + upgrade + CONNECT/CONNACK, staying connected)`,
+      `### Reconnect storm: ${p.clients.toLocaleString('en-US')} wss clients at once${p.resume ? ', offering session tickets' : ''} (TLS + upgrade + CONNECT/CONNACK, staying connected)`,
       '',
-      `Every client starts connecting at the same moment, as after an outage; a refused or failed attempt is retried after ${p.retryMs} ms (MQTT.js's default reconnectPeriod), up to ${p.maxSeconds} s. "all in" is the time until the last CONNACK; "vs naive" its ratio to the naive bridge's (the goal: at most 2×, nobody refused while capacity is left). CPU is the gateway's own from all generators ready to the last CONNACK, per connected client; peak RSS is polled every 50 ms. "refused" lists the clients' failed attempts by what they saw, and the gateway's refusal counters.`,
+      `${p.resume ? 'Each client first connects once and keeps its TLS session ticket, as clients connected before a broker outage or a network blip have one; then all reconnect at once offering it ("resumed" counts the resumed handshakes). ' : ''}Every client starts connecting at the same moment, as after an outage; a refused or failed attempt is retried after ${p.retryMs} ms (MQTT.js's default reconnectPeriod), up to ${p.maxSeconds} s. "all in" is the time until the last CONNACK; "vs naive" its ratio to the naive bridge's (the goal: at most 2×, nobody refused while capacity is left). CPU is the gateway's own from all generators ready to the last CONNACK, per connected client; peak RSS is polled every 50 ms. "refused" lists the clients' failed attempts by what they saw, and the gateway's refusal counters.`,
       '',
     )
     const naive = storm.get('naive-wss')?.metrics
@@ -234,7 +235,7 @@ export function report(doc) {
         .join(', ')
       rows.push([
         label(r.system),
-        `${m.connected}/${m.clients}`,
+        `${m.connected}/${m.clients}${m.resume ? ` (${m.resumed} resumed)` : ''}`,
         num(m.allInSeconds),
         ratio(m.allInSeconds, naive?.allInSeconds),
         num(m.p50Seconds),
