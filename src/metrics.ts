@@ -64,6 +64,8 @@ export const METRIC = {
   mqttConnects: 'mqtt_connects_total',
   mqttConnacks: 'mqtt_connacks_total',
   mqttPackets: 'mqtt_packets_total',
+  routeRequests: 'route_requests_total',
+  routeRequestDuration: 'route_request_duration_seconds',
 } as const
 
 export type Direction = 'client_to_broker' | 'broker_to_client'
@@ -139,6 +141,13 @@ const CONNECTION_DURATION_BUCKETS = [1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 12 
 const CONNECT_DURATION_BUCKETS = [
   0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5,
 ]
+
+// A web app's requests: most in milliseconds, a slow page in seconds; the top is the default
+// route timeout (30 s), where the gateway answers 504.
+const ROUTE_DURATION_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30]
+
+/** A routed request's outcome: its status class, or `aborted` when the client left first. */
+export type RouteStatusClass = '1xx' | '2xx' | '3xx' | '4xx' | '5xx' | 'aborted'
 
 interface Totals {
   bytesToBroker: number
@@ -226,6 +235,8 @@ export class Metrics {
   readonly #identityRewrites: Counter<'action'>
   readonly #proxyProtocolRefusals: Counter<'listener' | 'reason'>
   readonly #mqttConnacks: Counter<'level' | 'code'>
+  readonly #routeRequests: Counter<'route' | 'status_class'>
+  readonly #routeRequestDuration: Histogram<'route'>
 
   constructor(options: MetricsOptions) {
     this.#options = options
@@ -329,6 +340,20 @@ export class Metrics {
       collect() {
         this.set(self.#readiness().ready ? 1 : 0)
       },
+    })
+    // `route` is an http.routes prefix: a label bounded by the config.
+    this.#routeRequests = new Counter({
+      name: name(METRIC.routeRequests),
+      help: 'Requests proxied to an http.routes backend (a WebSocket upgrade counts once, with the status of its handshake), by route prefix and status class (aborted: the client left before the answer).',
+      labelNames: ['route', 'status_class'],
+      registers,
+    })
+    this.#routeRequestDuration = new Histogram({
+      name: name(METRIC.routeRequestDuration),
+      help: 'Time from a routed request to the end of its response (for a WebSocket upgrade, to its 101 or refusal), by route prefix.',
+      labelNames: ['route'],
+      buckets: ROUTE_DURATION_BUCKETS,
+      registers,
     })
     this.#handshakeRejections = new Counter({
       name: name(METRIC.handshakeRejections),
@@ -505,6 +530,17 @@ export class Metrics {
       })
     }
     if (connection.pingTimedOut) this.#pingTimeouts.inc()
+  }
+
+  /** Called once per route at start, so each has its series from the first scrape. */
+  routeDeclared(route: string): void {
+    this.#routeRequests.inc({ route, status_class: '2xx' }, 0)
+    this.#routeRequests.inc({ route, status_class: '5xx' }, 0)
+  }
+
+  routeRequest(route: string, statusClass: RouteStatusClass, seconds: number): void {
+    this.#routeRequests.inc({ route, status_class: statusClass })
+    this.#routeRequestDuration.observe({ route }, seconds)
   }
 
   handshakeRejected(reason: RefusalReason): void {

@@ -240,9 +240,10 @@ t.test('ClientAddressResolver reads the chain from the nearest hop (pure)', asyn
     ],
   ]
   for (const [name, peer, headers, address, source] of cases) {
-    t.same(resolver.resolve(peer, headers), { address, source }, name)
+    t.has(resolver.resolve(peer, headers), { address, source }, name)
   }
   t.same(new ClientAddressResolver([]).resolve('127.0.0.1', { 'x-real-ip': '1.2.3.4' }), {
+    chain: ['127.0.0.1'],
     address: '127.0.0.1',
     source: 'peer',
   })

@@ -122,6 +122,103 @@ function listOf(what: string, check: (item: string) => unknown) {
   }
 }
 
+/** One entry of http.routes as written in the file or env (timeout still a duration). */
+export interface RouteSpec {
+  prefix: string
+  target: string
+  ws?: boolean
+  stripPrefix?: boolean
+  timeout?: string | number
+}
+
+/** One entry of http.routes as the edge uses it. */
+export interface Route {
+  /** Starts and ends with "/"; a request path that starts with it goes to `target`. */
+  readonly prefix: string
+  /** The backend's base URL, http: or https:. */
+  readonly target: string
+  /** Whether the backend's own WebSocket upgrades are proxied too. */
+  readonly ws: boolean
+  /** Whether the prefix (less its final "/") is removed from the path the backend sees. */
+  readonly stripPrefix: boolean
+  /** Milliseconds the backend may stay silent before the client is answered 504. */
+  readonly timeout: number
+}
+
+const ROUTE_FIELDS = new Set(['prefix', 'target', 'ws', 'stripPrefix', 'timeout'])
+const ROUTE_DEFAULT_TIMEOUT = '30s'
+
+/** Checks and types the http.routes list; throws naming the entry and field at fault. */
+export function parseRoutes(value: unknown): Route[] {
+  const list = typeof value === 'string' ? parseJsonList(value) : value
+  if (!Array.isArray(list)) throw new Error('must be a JSON array of route objects')
+  const seen = new Set<string>()
+  return (list as unknown[]).map((entry, index) => {
+    const where = `route ${index}`
+    if (entry === null || typeof entry !== 'object' || Array.isArray(entry)) {
+      throw new Error(
+        `${where} must be an object like {"prefix": "/app/", "target": "http://web:8080"}`,
+      )
+    }
+    const spec = entry as Record<string, unknown>
+    const unknown = Object.keys(spec).find((field) => !ROUTE_FIELDS.has(field))
+    if (unknown !== undefined) {
+      throw new Error(
+        `${where}: unknown field "${unknown}" (known: ${[...ROUTE_FIELDS].join(', ')})`,
+      )
+    }
+    const { prefix, target } = spec
+    if (typeof prefix !== 'string' || !/^\/(?:[^\s?#]*\/)?$/.test(prefix)) {
+      throw new Error(
+        `${where}: prefix must be a path that starts and ends with "/" (like "/app/")`,
+      )
+    }
+    if (seen.has(prefix)) throw new Error(`${where}: prefix ${prefix} is listed twice`)
+    seen.add(prefix)
+    if (typeof target !== 'string' || !isHttpUrl(target)) {
+      throw new Error(
+        `${where}: target must be an http:// or https:// URL (like "http://web:8080")`,
+      )
+    }
+    for (const flag of ['ws', 'stripPrefix'] as const) {
+      if (spec[flag] !== undefined && typeof spec[flag] !== 'boolean') {
+        throw new Error(`${where}: ${flag} must be true or false`)
+      }
+    }
+    let timeout: number
+    try {
+      timeout = parseDuration(spec.timeout ?? ROUTE_DEFAULT_TIMEOUT)
+    } catch (err) {
+      throw new Error(`${where}: timeout ${(err as Error).message}`, { cause: err })
+    }
+    if (timeout === 0) throw new Error(`${where}: timeout must be above 0`)
+    return {
+      prefix,
+      target,
+      ws: spec.ws === true,
+      stripPrefix: spec.stripPrefix === true,
+      timeout,
+    }
+  })
+}
+
+function parseJsonList(text: string): unknown {
+  try {
+    return JSON.parse(text) as unknown
+  } catch {
+    throw new Error('must be JSON: an array of route objects')
+  }
+}
+
+function isHttpUrl(text: string): boolean {
+  try {
+    const url = new URL(text)
+    return (url.protocol === 'http:' || url.protocol === 'https:') && url.hostname !== ''
+  } catch {
+    return false
+  }
+}
+
 let registered = false
 
 /** Registers the formats on convict's global table; safe to call more than once. */
@@ -143,6 +240,17 @@ export function registerFormats(): void {
     }),
     'cidr-list': listOf('an IP address or CIDR block', parseCidr),
     'origin-list': listOf('an origin', parseOriginPattern),
+    // http.routes: a list of objects, so JSON in env rather than a comma-separated string.
+    'route-list': {
+      validate: (value: unknown) => void parseRoutes(value),
+      coerce(value: string) {
+        try {
+          return JSON.parse(value) as unknown
+        } catch {
+          return value
+        }
+      },
+    },
     // convict's own Boolean coercion turns any string but "false" into true ("flase" -> true).
     bool: {
       validate(value: unknown) {

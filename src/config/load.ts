@@ -6,7 +6,7 @@ import { fileURLToPath } from 'node:url'
 import convict from 'convict'
 import { ConfigError } from '../errors.js'
 import { mqttStringProblem } from '../mqtt/encode.js'
-import { parseCidr, parseHostPort } from './formats.js'
+import { parseCidr, parseHostPort, parseRoutes } from './formats.js'
 import { compileOrigins } from './origin.js'
 import { schema, type Config, type RawConfig } from './schema.js'
 
@@ -86,6 +86,7 @@ function parseConfig(raw: RawConfig): Config {
     http: {
       ...raw.http,
       trustedProxies: parsed('http.trustedProxies', () => raw.http.trustedProxies.map(parseCidr)),
+      routes: parsed('http.routes', () => parseRoutes(raw.http.routes)),
     },
   }
 }
@@ -127,6 +128,7 @@ function checkCrossKeyRules(config: Config): void {
     )
   }
   checkUpstreamModeRules(config)
+  checkRouteRules(config)
   checkTlsRules(config)
   checkIdentityRules(config)
   checkShutdownRules(config)
@@ -147,6 +149,31 @@ function checkShutdownRules({ shutdown }: Config): void {
       'shutdown.serverReference',
       `${problem}; it is sent as an MQTT UTF-8 string`,
     )
+  }
+}
+
+/** What the diagnostics page serves (src/edge/diagnostics.ts) when http.diagnostics is on. */
+const DIAGNOSTICS_PATHS = ['/', '/diagnostics.js', '/diagnostics.json']
+
+// Every request path has one owner: a route may not cover the MQTT endpoint or the diagnostics
+// page (they would win anyway, but a route that can never see some of its paths is a mistake).
+function checkRouteRules({ http, ws }: Config): void {
+  for (const { prefix } of http.routes) {
+    if (ws.path.startsWith(prefix)) {
+      throw new ConfigError(
+        'http.routes',
+        `prefix ${prefix} covers the MQTT endpoint ws.path (${ws.path}); give the route a prefix of its own, like /app/`,
+      )
+    }
+    const page = http.diagnostics
+      ? DIAGNOSTICS_PATHS.find((path) => path.startsWith(prefix))
+      : undefined
+    if (page !== undefined) {
+      throw new ConfigError(
+        'http.routes',
+        `prefix ${prefix} covers the diagnostics page (${page}, http.diagnostics); give the route a prefix of its own, like /app/`,
+      )
+    }
   }
 }
 

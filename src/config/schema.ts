@@ -5,7 +5,7 @@
 // pods when a Service is called "drawbridge". No key here may map to those names: there is no
 // top-level `port` key and no `service` section.
 import type convict from 'convict'
-import { registerFormats, type Cidr, type HostPort } from './formats.js'
+import { registerFormats, type Cidr, type HostPort, type Route, type RouteSpec } from './formats.js'
 import type { ProxyProtocolIn } from '../edge/proxy-protocol-in.js'
 import type { ProxyProtocol } from '../upstream/proxy-header.js'
 import type { OriginRule } from './origin.js'
@@ -266,6 +266,12 @@ export const schema = {
       default: [],
       env: 'DRAWBRIDGE_HTTP_TRUSTED_PROXIES',
     },
+    routes: {
+      doc: 'Backends served on the public listener next to MQTT, so a web app and its MQTT connection share one origin: a list of {"prefix": "/app/", "target": "http://web:8080", "ws": false, "stripPrefix": false, "timeout": "30s"}. A request whose path starts with a prefix (the longest wins) is proxied to its target; ws.path and the diagnostics page come first. In env, the list as JSON.',
+      format: 'route-list',
+      default: [],
+      env: 'DRAWBRIDGE_HTTP_ROUTES',
+    },
   },
   tcp: {
     enabled: {
@@ -422,7 +428,7 @@ export interface RawConfig {
     embedded: boolean
   }
   tls: TlsConfig
-  http: { diagnostics: boolean; trustedProxies: string[] }
+  http: { diagnostics: boolean; trustedProxies: string[]; routes: RouteSpec[] }
   tcp: { enabled: boolean; port: number }
   limits: { maxConnections: number; highWaterMark: number }
   mqtt: { inspect: boolean; connectTimeout: number; maxPacketSize: number }
@@ -446,7 +452,10 @@ export interface Config extends Omit<RawConfig, 'listen' | 'ws' | 'upstream' | '
   listen: Omit<RawConfig['listen'], 'proxyProtocolFrom'> & { proxyProtocolFrom: readonly Cidr[] }
   ws: Omit<RawConfig['ws'], 'allowedOrigins'> & { allowedOrigins: readonly OriginRule[] }
   upstream: Omit<RawConfig['upstream'], 'brokers'> & { brokers: readonly HostPort[] }
-  http: Omit<RawConfig['http'], 'trustedProxies'> & { trustedProxies: readonly Cidr[] }
+  http: Omit<RawConfig['http'], 'trustedProxies' | 'routes'> & {
+    trustedProxies: readonly Cidr[]
+    routes: readonly Route[]
+  }
 }
 
 export type ClientAuth = 'none' | 'optional' | 'required'

@@ -1,7 +1,8 @@
 // Whether a new client is let in: an ordered list of small steps, each of which lets the
 // admission go on or answers with a refusal, like the passes of http-proxy or the checks of ws's
-// handleUpgrade(). The two lists below are the whole decision for each listener and read top to
-// bottom; a new check (a PROXY header, per-client limits, a token) is one more step in them.
+// handleUpgrade(). The lists below are the whole decision for each listener (and for the
+// WebSocket upgrades an http.routes backend takes) and read top to bottom; a new check (a PROXY
+// header, per-client limits, a token) is one more step in them.
 //
 // A step may take a resource for the client (a capacity slot, the broker socket): what it takes
 // is given back by the runner when a later step refuses, and the broker socket is destroyed.
@@ -13,8 +14,9 @@ import type { Duplex } from 'node:stream'
 import type { BrokerDial } from '../bridge/connection.js'
 import type { Config, ConnectOn } from '../config/schema.js'
 import type { BrokerConnector, Upstream } from '../upstream/connector.js'
+import type { Route } from '../config/formats.js'
 import type { ProxyClient } from '../upstream/proxy-header.js'
-import { validateUpgrade, type HandshakePolicy } from './handshake.js'
+import { originRefusal, validateUpgrade, type HandshakePolicy } from './handshake.js'
 import { Refusals, type Refusal } from './refusals.js'
 import type { TlsManager } from './tls.js'
 
@@ -29,9 +31,13 @@ export interface Admission {
   readonly onEnd: (() => void)[]
 }
 
-/** A WebSocket upgrade request being admitted. */
-export interface Upgrade extends Admission {
+/** A client that came with an HTTP request: a step written for it serves every upgrade list. */
+export interface RequestAdmission extends Admission {
   readonly req: IncomingMessage
+}
+
+/** A WebSocket upgrade request for the MQTT endpoint (ws.path) being admitted. */
+export interface Upgrade extends RequestAdmission {
   /** The subprotocol to answer with (false: none), once the request checks have passed. */
   protocol: string | false
 }
@@ -108,6 +114,38 @@ export function websocketSteps(
   ]
 }
 
+/**
+ * A WebSocket upgrade for a backend of http.routes (src/edge/routes.ts), decided before the
+ * backend is dialled. No broker, no capacity slot (limits.maxConnections counts MQTT
+ * connections); the backend's own answer decides the rest of its handshake.
+ */
+export interface RoutedUpgrade extends RequestAdmission {
+  readonly route: Route
+}
+
+export interface RoutedStepOptions {
+  tls: TlsManager | undefined
+  closing: () => boolean
+  /** ws.allowedOrigins and ws.requireOrigin: one origin policy for the whole origin. */
+  policy: Pick<HandshakePolicy, 'allowedOrigins' | 'requireOrigin'>
+}
+
+/**
+ * The routed upgrade's list. Checks about the client rather than the MQTT request go here too:
+ * per-client limits and the token check are steps of type Step<RequestAdmission> (or
+ * Step<Admission>) added after allowedOrigin(), the same objects as in websocketSteps().
+ */
+export function routedUpgradeSteps(options: RoutedStepOptions): Step<RoutedUpgrade>[] {
+  return [
+    trustedClientCertificate(options.tls),
+    notShuttingDown(options.closing),
+    routeTakesWebSockets(),
+    webSocketRequest(),
+    allowedOrigin(options.policy),
+    // Per-client limits and the token check: here.
+  ]
+}
+
 /** An mqtts client, decided after its TLS handshake and before any byte reaches the broker. */
 export function mqttsSteps(options: StepOptions & { tls: TlsManager }): Step<Admission>[] {
   return [
@@ -178,6 +216,44 @@ export function validRequest(policy: HandshakePolicy): Step<Upgrade> {
       upgrade.protocol = decision.protocol
       return undefined
     },
+  }
+}
+
+/** A route with ws=false proxies plain HTTP only: its upgrades get a 404 and no backend dial. */
+export function routeTakesWebSockets(): Step<RoutedUpgrade> {
+  return {
+    name: 'route takes WebSockets',
+    run: ({ route }) => (route.ws ? undefined : Refusals.routeWithoutWebSocket(route.prefix)),
+  }
+}
+
+/**
+ * http-proxy destroys, without a word, an upgrade that is not a GET for "websocket": such a
+ * request is answered here. The backend checks the rest of its handshake itself.
+ */
+export function webSocketRequest(): Step<RequestAdmission> {
+  return {
+    name: 'WebSocket request',
+    run({ req }) {
+      if (req.method !== 'GET') return Refusals.method()
+      const upgrade = (req.headers.upgrade ?? '')
+        .split(',')
+        .map((name) => name.trim().toLowerCase())
+      return upgrade.includes('websocket') ? undefined : Refusals.badUpgradeHeader()
+    },
+  }
+}
+
+/**
+ * ws.allowedOrigins for a routed upgrade, as for the MQTT endpoint: a page on another origin
+ * must not open a WebSocket to the web app with the user's cookies either.
+ */
+export function allowedOrigin(
+  policy: Pick<HandshakePolicy, 'allowedOrigins' | 'requireOrigin'>,
+): Step<RequestAdmission> {
+  return {
+    name: 'origin',
+    run: ({ req }) => originRefusal(req, policy),
   }
 }
 

@@ -15,6 +15,12 @@ export interface ClientAddress {
   address: string
   /** Which header it came from, or 'peer' when it is the TCP peer itself. */
   source: 'peer' | 'forwarded' | 'x-forwarded-for' | 'x-real-ip'
+  /**
+   * The addresses from the client to the TCP peer, nearest last: what a proxied request's
+   * X-Forwarded-For says. Hops a trusted proxy vouched for are kept; anything left of the
+   * client (which the client itself could have written) is not.
+   */
+  chain: string[]
 }
 
 /** The TCP peer of `socket` as logs show it: `203.0.113.7:51234`, `[2001:db8::7]:51234`. */
@@ -39,23 +45,24 @@ export class ClientAddressResolver {
   /** The client address for a request whose TCP peer is `peer` (an IP, no port). */
   resolve(peer: string, headers: IncomingHttpHeaders): ClientAddress {
     const peerAddress = unmapIPv4(peer)
-    if (!this.#enabled || !this.isTrusted(peerAddress)) {
-      return { address: peerAddress, source: 'peer' }
-    }
+    const alone: ClientAddress = { address: peerAddress, source: 'peer', chain: [peerAddress] }
+    if (!this.#enabled || !this.isTrusted(peerAddress)) return alone
     const reported = reportedChain(headers)
-    if (reported === undefined) return { address: peerAddress, source: 'peer' }
+    if (reported === undefined) return alone
     let client = peerAddress
+    const hops: string[] = []
     for (let i = reported.chain.length - 1; i >= 0; i--) {
       const hop = reported.chain[i]
       // An unknown or obfuscated hop ("unknown", "_hidden"): nothing beyond it can be checked,
       // so the last address we could vouch for stands.
       if (hop === undefined) break
       client = hop
+      hops.unshift(hop)
       if (!this.isTrusted(hop)) break
     }
     return client === peerAddress
-      ? { address: peerAddress, source: 'peer' }
-      : { address: client, source: reported.source }
+      ? alone
+      : { address: client, source: reported.source, chain: [...hops, peerAddress] }
   }
 
   isTrusted(address: string): boolean {

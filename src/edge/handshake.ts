@@ -75,15 +75,8 @@ export function validateUpgrade(req: IncomingMessage, policy: HandshakePolicy): 
   const version = req.headers['sec-websocket-version']
   if (version !== '13' && version !== '8') return refuse(Refusals.badVersion())
   // After the WebSocket checks, so a plain malformed request is still reported as malformed.
-  const origin = req.headers.origin
-  if (origin === undefined) {
-    if (policy.requireOrigin) return refuse(Refusals.originRequired())
-  } else if (
-    !sameOrigin(origin, req.headers.host) &&
-    !originAllowed(origin, policy.allowedOrigins)
-  ) {
-    return refuse(Refusals.originRefused(origin))
-  }
+  const wrongOrigin = originRefusal(req, policy)
+  if (wrongOrigin !== undefined) return refuse(wrongOrigin)
 
   const offered = parseSubprotocols(req.headers['sec-websocket-protocol'])
   if (offered === null) return refuse(Refusals.badSubprotocolHeader())
@@ -92,6 +85,22 @@ export function validateUpgrade(req: IncomingMessage, policy: HandshakePolicy): 
     return refuse(Refusals.subprotocol(offered, policy.subprotocols))
   }
   return { ok: true, protocol }
+}
+
+/**
+ * ws.allowedOrigins and ws.requireOrigin for one upgrade request: the MQTT endpoint's, and (the
+ * same rules) a routed backend's (src/edge/admission.ts, allowedOrigin()).
+ */
+export function originRefusal(
+  req: IncomingMessage,
+  policy: Pick<HandshakePolicy, 'allowedOrigins' | 'requireOrigin'>,
+): Refusal | undefined {
+  const origin = req.headers.origin
+  if (origin === undefined) return policy.requireOrigin ? Refusals.originRequired() : undefined
+  if (sameOrigin(origin, req.headers.host) || originAllowed(origin, policy.allowedOrigins)) {
+    return undefined
+  }
+  return Refusals.originRefused(origin)
 }
 
 /**

@@ -72,6 +72,9 @@ export const Refusals = {
     refusal(403, 'client_cert', `client certificate refused: ${why} (${detail})`),
   notFound: (path: string) => refusal(404, 'path', `not found; the WebSocket endpoint is ${path}`),
   wrongPath: (path: string) => refusal(404, 'path', `no WebSocket endpoint here; use ${path}`),
+  /** A WebSocket upgrade under an http.routes prefix whose route has ws=false. */
+  routeWithoutWebSocket: (prefix: string) =>
+    refusal(404, 'path', `the route ${prefix} does not take WebSocket upgrades (ws=false)`),
   method: () => refusal(405, 'method', 'WebSocket upgrades must use GET', { Allow: 'GET' }),
   notWebSocket: (subprotocols: Iterable<string>) =>
     refusal(

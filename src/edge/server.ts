@@ -26,7 +26,9 @@ import {
   Capacity,
   clientCertificateRefusal,
   connectDial,
+  routedUpgradeSteps,
   websocketSteps,
+  type RoutedUpgrade,
   type Step,
   type Upgrade,
 } from './admission.js'
@@ -41,6 +43,7 @@ import {
   type HandshakePolicy,
 } from './handshake.js'
 import { Refusals, Refuser, type Refusal } from './refusals.js'
+import { Router, type ForwardingFacts } from './routes.js'
 import type { TlsManager } from './tls.js'
 
 export interface EdgeOptions {
@@ -71,6 +74,9 @@ export class EdgeServer {
   readonly #metrics: Metrics
   readonly #policy: HandshakePolicy
   readonly #steps: readonly Step<Upgrade>[]
+  readonly #routedSteps: readonly Step<RoutedUpgrade>[]
+  /** http.routes: the web app's backends; undefined when none is configured. */
+  readonly #router: Router | undefined
   readonly #refuse: Refuser
   readonly #clientAddresses: ClientAddressResolver
   /** listen.proxyProtocol: reads the load balancer's PROXY header first; undefined when off. */
@@ -113,7 +119,22 @@ export class EdgeServer {
       connector: options.connector,
       connectOn: options.upstream.connectOn,
     })
+    this.#routedSteps = routedUpgradeSteps({
+      tls,
+      closing: () => this.#closing,
+      policy: this.#policy,
+    })
     this.#clientAddresses = new ClientAddressResolver(options.http.trustedProxies)
+    this.#router =
+      options.http.routes.length === 0
+        ? undefined
+        : new Router({
+            routes: options.http.routes,
+            scheme: tls ? 'https' : 'http',
+            forwarding: (req) => this.#forwardingOf(req),
+            log: options.log,
+            metrics: options.metrics,
+          })
     this.#connectionOptions = {
       highWaterMark: options.limits.highWaterMark,
       mqtt: options.mqtt,
@@ -225,6 +246,7 @@ export class EdgeServer {
     const serverClosed = new Promise<void>((resolve) => this.#server.close(() => resolve()))
     this.#server.closeIdleConnections()
     this.#proxyGate?.destroyPending()
+    this.#router?.closeTunnels()
     await this.#connections.closeAll(this.scheme, shutdown, this.#log)
     this.#server.closeAllConnections()
     await serverClosed
@@ -265,8 +287,14 @@ export class EdgeServer {
       return
     }
     if (this.#diagnostics?.handle(req, res) === true) return
+    const path = requestPath(req.url)
+    const route = path === this.#policy.path ? undefined : this.#router?.match(req)
+    if (route !== undefined) {
+      this.#router?.web(req, res, route)
+      return
+    }
     let refusal: Refusal
-    if (requestPath(req.url) !== this.#policy.path) refusal = Refusals.notFound(this.#policy.path)
+    if (path !== this.#policy.path) refusal = Refusals.notFound(this.#policy.path)
     else if (req.headers['sec-websocket-key'] !== undefined) refusal = Refusals.upgradeStripped()
     else refusal = Refusals.notWebSocket(this.#policy.subprotocols)
     this.#refuse.response(res, req, refusal)
@@ -283,6 +311,11 @@ export class EdgeServer {
   }
 
   async #upgrade(req: http.IncomingMessage, socket: Duplex, head: Buffer): Promise<void> {
+    const route = requestPath(req.url) === this.#policy.path ? undefined : this.#router?.match(req)
+    if (route !== undefined) {
+      await this.#routedUpgrade({ req, socket, route, upstream: undefined, onEnd: [] }, head)
+      return
+    }
     // Read now (cached since accept): a client that resets while we wait has no address left.
     const remote = peerAddress(req.socket)
     // Named now: with upstream.proxyProtocol the PROXY header carries it, before the broker
@@ -314,6 +347,18 @@ export class EdgeServer {
     }
     this.#log.info({ remote }, 'client left before its upgrade completed')
     socket.destroy()
+  }
+
+  // The same refusals as the MQTT endpoint's; what the backend answers is its own affair.
+  async #routedUpgrade(upgrade: RoutedUpgrade, head: Buffer): Promise<void> {
+    const { req, socket, route } = upgrade
+    const outcome = await admit(this.#routedSteps, upgrade, () => {
+      req.headers.upgrade = 'websocket'
+      this.#router?.upgrade(req, socket, head, route)
+    })
+    if (outcome.ok) return
+    if ('refusal' in outcome) this.#refuse.socket(socket, req, outcome.refusal)
+    else socket.destroy()
   }
 
   // A fault of our own while deciding an upgrade still gets the client an answer, and is never
@@ -374,6 +419,15 @@ export class EdgeServer {
     if (proxied !== undefined) return { clientAddress: proxied.address, forwarded: true }
     const client = this.#clientAddresses.resolve(req.socket.remoteAddress ?? '', req.headers)
     return { clientAddress: client.address, forwarded: client.source !== 'peer' }
+  }
+
+  /** Who a routed request came from, for the X-Forwarded-* headers its backend gets. */
+  #forwardingOf(req: http.IncomingMessage): ForwardingFacts {
+    const proxied = this.#proxyGate?.clientOf(req.socket)
+    // The PROXY header's sender is a load balancer, not an HTTP proxy: its client is the chain.
+    if (proxied !== undefined) return { chain: [proxied.address], fromTrustedProxy: false }
+    const client = this.#clientAddresses.resolve(req.socket.remoteAddress ?? '', req.headers)
+    return { chain: client.chain, fromTrustedProxy: client.source !== 'peer' }
   }
 
   #tlsDetails(socket: Duplex): Pick<ConnectionInfo, 'tls'> {
