@@ -46,6 +46,8 @@ export interface Gateway {
   readonly brokerSocketsOpen: number
   /** Resolves once every broker socket opened for a client has closed. */
   whenBrokerSocketsClosed: () => Promise<void>
+  /** http.routes: the gateway's sockets to backends, and routed WebSockets, open right now. */
+  readonly routedSocketsOpen: { backend: number; tunnels: number }
   metrics: Metrics
   readiness: Readiness
   /** Address of the admin listener; undefined when admin.enabled is false. */
@@ -251,6 +253,9 @@ export async function startGateway(config: Config, deps: GatewayDeps): Promise<G
       return connector.openSockets
     },
     whenBrokerSocketsClosed: () => connector.whenAllClosed(),
+    get routedSocketsOpen() {
+      return edge.routedSocketsOpen
+    },
     metrics,
     readiness,
     adminAddress,

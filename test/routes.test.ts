@@ -12,7 +12,7 @@ import { ConfigError } from '../src/errors.js'
 import { freePort, startBroker } from './helpers/broker.js'
 import { startTestGateway, type TestGateway } from './helpers/gateway.js'
 import { testPki, tlsEnv, writeServerFiles } from './helpers/pki.js'
-import { parseExposition, value } from './helpers/scrape.js'
+import { eventually, parseExposition, value } from './helpers/scrape.js'
 import { startWebBackend, type Seen, type WebBackend } from './helpers/web-backend.js'
 
 interface Answer {
@@ -141,6 +141,7 @@ const routes = (web: WebBackend): string =>
     { prefix: '/plain/', target: web.origin, ws: false },
     { prefix: '/silent/', target: web.origin, ws: true, timeout: '300ms' },
     { prefix: '/down/', target: `http://127.0.0.1:${closedPort}`, ws: true },
+    { prefix: '/hang/', target: web.origin, ws: true, timeout: '1m' },
     // Next to ws.path (/mqtt) but not covering it: /mqtt itself stays MQTT's.
     { prefix: '/mqtt/', target: web.origin },
   ])
@@ -161,9 +162,19 @@ const trusting = await startTestGateway(t, broker.port, {
   DRAWBRIDGE_HTTP_ROUTES: routes(backend),
   DRAWBRIDGE_HTTP_TRUSTED_PROXIES: '127.0.0.1',
 })
-// Each test ends with nothing open on the backend: every socket the gateway opened is closed.
+// Each test ends with nothing open on either side: every socket the gateway opened to the
+// backend is closed, as seen by the backend and by the gateway, and no tunnel is left.
 t.afterEach(async () => {
   await backend.whenIdle()
+  for (const gw of [plain, secure, trusting]) {
+    const closed = await eventually(async () => {
+      const open = gw.gateway.routedSocketsOpen
+      return open.backend === 0 && open.tunnels === 0
+    }, 3_000)
+    if (!closed) {
+      throw new Error(`gateway side: ${JSON.stringify(gw.gateway.routedSocketsOpen)} still open`)
+    }
+  }
 })
 
 t.test('GET and POST bodies pass both ways, on ws and wss', async (t) => {
@@ -302,6 +313,31 @@ t.test('a refusing backend is 502, a silent one 504, with a short body', async (
   }
   const warned = await plain.waitForLog((l) => l.status === 504)
   t.match(warned, { level: 40, route: '/silent/', path: '/silent/x' }, 'a warn line names it')
+})
+
+t.test('a client that leaves ends its backend request at once, not at the timeout', async (t) => {
+  const before = backend.seen.length
+  const req = http.request({
+    host: '127.0.0.1',
+    port: plain.port,
+    path: '/hang/silent/x',
+    agent: false,
+  })
+  req.on('error', () => {})
+  req.end()
+  await eventually(async () => backend.seen.length > before)
+  t.equal(backend.openSockets, 1, 'the backend holds the request (its timeout is 1 minute)')
+  req.destroy()
+  await backend.whenIdle(2_000)
+  t.equal(backend.openSockets, 0, 'the gateway closed its backend socket when the client left')
+  const line = await plain.waitForLog((l) => l.msg === 'routed request' && l.route === '/hang/')
+  t.equal(line.status, 'aborted')
+  const samples = await routeSamples(plain)
+  t.equal(
+    value(samples, 'drawbridge_route_requests_total', { route: '/hang/', status_class: 'aborted' }),
+    1,
+    'counted as aborted',
+  )
 })
 
 t.test("the backend's own WebSocket through the route, on ws and wss", async (t) => {

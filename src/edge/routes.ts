@@ -83,6 +83,8 @@ export class Router {
   readonly #exchanges = new WeakMap<IncomingMessage, Exchange>()
   /** Client sockets of routed WebSockets past their 101: closed with the listener. */
   readonly #tunnels = new Set<Duplex>()
+  /** The gateway's sockets to backends, open right now (plain requests and tunnels). */
+  #backendSockets = 0
 
   constructor(options: RouterOptions) {
     this.#options = options
@@ -111,6 +113,11 @@ export class Router {
   /** Routed WebSockets open through the gateway. */
   get openTunnels(): number {
     return this.#tunnels.size
+  }
+
+  /** Sockets from the gateway to route backends still open (0 once every exchange is over). */
+  get backendSocketsOpen(): number {
+    return this.#backendSockets
   }
 
   /** The route for `req`'s path, or undefined. */
@@ -215,6 +222,10 @@ export class Router {
     const exchange = this.#exchanges.get(req)
     if (exchange === undefined) return
     exchange.proxyReq = proxyReq
+    proxyReq.once('socket', (socket: Socket) => {
+      this.#backendSockets++
+      socket.once('close', () => this.#backendSockets--)
+    })
     // Idle time on the backend socket: no answer, or a response body that stalls. Emitted as
     // 'timeout', so it is told apart from a reset before the error reaches the callback.
     proxyReq.setTimeout(exchange.route.timeout, () => {

@@ -225,6 +225,14 @@ export class EdgeServer {
     return this.#server.listening && !this.#closing
   }
 
+  /** Sockets to http.routes backends still open, and routed WebSockets (for leak checks). */
+  get routedSocketsOpen(): { backend: number; tunnels: number } {
+    return {
+      backend: this.#router?.backendSocketsOpen ?? 0,
+      tunnels: this.#router?.openTunnels ?? 0,
+    }
+  }
+
   /** 'wss' when the listener speaks TLS. */
   get scheme(): 'ws' | 'wss' {
     return this.#options.tls ? 'wss' : 'ws'
