@@ -159,12 +159,7 @@ const DIAGNOSTICS_PATHS = ['/', '/diagnostics.js', '/diagnostics.json']
 // page (they would win anyway, but a route that can never see some of its paths is a mistake).
 function checkRouteRules({ http, ws }: Config): void {
   for (const { prefix } of http.routes) {
-    if (ws.path.startsWith(prefix)) {
-      throw new ConfigError(
-        'http.routes',
-        `prefix ${prefix} covers the MQTT endpoint ws.path (${ws.path}); give the route a prefix of its own, like /app/`,
-      )
-    }
+    // The page first: "/", the one prefix that covers it, covers every ws.path too.
     const page = http.diagnostics
       ? DIAGNOSTICS_PATHS.find((path) => path.startsWith(prefix))
       : undefined
@@ -172,6 +167,12 @@ function checkRouteRules({ http, ws }: Config): void {
       throw new ConfigError(
         'http.routes',
         `prefix ${prefix} covers the diagnostics page (${page}, http.diagnostics); give the route a prefix of its own, like /app/`,
+      )
+    }
+    if (ws.path.startsWith(prefix)) {
+      throw new ConfigError(
+        'http.routes',
+        `prefix ${prefix} covers the MQTT endpoint ws.path (${ws.path}); give the route a prefix of its own, like /app/`,
       )
     }
   }
