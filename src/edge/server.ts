@@ -360,10 +360,9 @@ export class EdgeServer {
   // The same refusals as the MQTT endpoint's; what the backend answers is its own affair.
   async #routedUpgrade(upgrade: RoutedUpgrade, head: Buffer): Promise<void> {
     const { req, socket, route } = upgrade
-    const outcome = await admit(this.#routedSteps, upgrade, () => {
-      req.headers.upgrade = 'websocket'
-      this.#router?.upgrade(req, socket, head, route)
-    })
+    const outcome = await admit(this.#routedSteps, upgrade, () =>
+      this.#router?.upgrade(req, socket, head, route),
+    )
     if (outcome.ok) return
     if ('refusal' in outcome) this.#refuse.socket(socket, req, outcome.refusal)
     else socket.destroy()
