@@ -13,13 +13,16 @@ import {
   CLIENT_LEFT,
   clientStillThere,
   notShuttingDown,
+  routedUpgradeSteps,
   trustedClientCertificate,
   underCapacity,
   validRequest,
   type Admission,
+  type RoutedUpgrade,
   type Step,
   type Upgrade,
 } from '../src/edge/admission.js'
+import { compileOrigins } from '../src/config/origin.js'
 import type { RefusalReason } from '../src/edge/refusals.js'
 import type { TlsManager } from '../src/edge/tls.js'
 import { Metrics } from '../src/metrics.js'
@@ -134,6 +137,53 @@ t.test('request checks: refuse a wrong path, remember the chosen subprotocol', a
   const good = upgradeOf(far, { method: 'GET', url: '/mqtt', headers })
   t.equal(step.run(good), undefined)
   t.equal(good.protocol, 'mqtt')
+})
+
+t.test('routed upgrades (http.routes): their own list, in order', async (t) => {
+  const { far } = await socketPair(t)
+  let closing = false
+  const steps = routedUpgradeSteps({
+    tls: undefined,
+    closing: () => closing,
+    policy: { allowedOrigins: compileOrigins(['https://app.example']), requireOrigin: false },
+  })
+  t.same(
+    steps.map((step) => step.name),
+    [
+      'client certificate',
+      'shutting down',
+      'route takes WebSockets',
+      'WebSocket request',
+      'origin',
+    ],
+  )
+  const route = { prefix: '/app/', target: 'http://web', ws: true, stripPrefix: false, timeout: 1 }
+  const routed = (
+    headers: Record<string, string>,
+    options: { method?: string; ws?: boolean } = {},
+  ): RoutedUpgrade => ({
+    ...upgradeOf(far, { method: options.method ?? 'GET', url: '/app/live', headers }),
+    route: { ...route, ws: options.ws ?? true },
+  })
+  const verdicts = async (upgrade: RoutedUpgrade): Promise<unknown[]> => {
+    const out: unknown[] = []
+    for (const step of steps) out.push(await step.run(upgrade))
+    return out
+  }
+  const ok = { host: 'gw.example', upgrade: 'websocket', origin: 'https://app.example' }
+  t.same(await verdicts(routed(ok)), [undefined, undefined, undefined, undefined, undefined])
+  const [, , noWs] = await verdicts(routed(ok, { ws: false }))
+  t.match(noWs, { status: 404, reason: 'path' }, 'ws=false')
+  const [, , , post] = await verdicts(routed(ok, { method: 'POST' }))
+  t.match(post, { status: 405, reason: 'method' })
+  const [, , , h2c] = await verdicts(routed({ ...ok, upgrade: 'h2c' }))
+  t.match(h2c, { status: 400, reason: 'malformed' }, 'not a WebSocket upgrade')
+  const [, , , , foreign] = await verdicts(routed({ ...ok, origin: 'https://evil.example' }))
+  t.match(foreign, { status: 403, reason: 'origin' })
+  const same = await verdicts(routed({ ...ok, origin: 'https://gw.example' }))
+  t.equal(same[4], undefined, 'a page the gateway served (same origin) is let in')
+  closing = true
+  t.match((await verdicts(routed(ok)))[1], { status: 503, reason: 'shutting_down' })
 })
 
 t.test('capacity: a slot per admission, given back when it ends', async (t) => {

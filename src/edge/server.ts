@@ -1,7 +1,8 @@
 // The public listener: an HTTP server (HTTPS when tls.enabled) whose only job is to decide
 // WebSocket upgrades and hand each accepted one, with its already-open broker socket (or, with
 // upstream.connectOn=connect, none yet), to a bridge Connection. What decides an upgrade is the list of steps in admission.ts; what a
-// refused client is told is the catalogue in refusals.ts.
+// refused client is told is the catalogue in refusals.ts. Paths under an http.routes prefix
+// (not ws.path, not the diagnostics page) go to the web app's backend instead (routes.ts).
 import { randomBytes } from 'node:crypto'
 import http from 'node:http'
 import https from 'node:https'
