@@ -13,6 +13,8 @@ import type { Config } from './config/schema.js'
 import type { EmbeddedBroker } from './dev/broker.js'
 import type { MqttsListener } from './edge/mqtts.js'
 import { EdgeServer } from './edge/server.js'
+import { EdgeAuth } from './auth/gate.js'
+import { TokenSessions } from './auth/sessions.js'
 import { CertificateSessions } from './edge/certificate-sessions.js'
 import { TlsManager, type ReloadResult, type TlsEvent, type TlsEventHook } from './edge/tls.js'
 import type { Logger } from './log.js'
@@ -145,6 +147,13 @@ export async function startGateway(config: Config, deps: GatewayDeps): Promise<G
   // tls.identityAs: load checked that it comes with mqtt.inspect, TLS and client certificates.
   const identity =
     config.tls.identityAs === 'username' ? { from: config.tls.identityFrom } : undefined
+  // auth.mode=jwt: one key store and verifier for both listeners; sessions end with their token.
+  const auth =
+    config.auth.mode === 'jwt' ? new EdgeAuth({ auth: config.auth, log, metrics }) : undefined
+  const tokenSessions = auth
+    ? new TokenSessions({ connections, clockTolerance: config.auth.clockTolerance, log })
+    : undefined
+  await auth?.keys.start()
   const edge = new EdgeServer({
     listen: config.listen,
     ws: config.ws,
@@ -158,6 +167,7 @@ export async function startGateway(config: Config, deps: GatewayDeps): Promise<G
     log,
     metrics,
     tls,
+    auth,
   })
   const readiness = new Readiness({
     brokers,
@@ -189,6 +199,7 @@ export async function startGateway(config: Config, deps: GatewayDeps): Promise<G
         connections,
         connector,
         tls,
+        auth,
         log,
         metrics,
       })
@@ -196,6 +207,7 @@ export async function startGateway(config: Config, deps: GatewayDeps): Promise<G
     }
   } catch (err) {
     tls?.close()
+    auth?.keys.close()
     await edge.close({ grace: 0 })
     await embedded?.close()
     throw err
@@ -217,6 +229,7 @@ export async function startGateway(config: Config, deps: GatewayDeps): Promise<G
       adminAddress = await admin.listen()
     } catch (err) {
       tls?.close()
+      auth?.keys.close()
       await Promise.all([edge.close({ grace: 0 }), mqtts?.close({ grace: 0 })])
       await embedded?.close()
       throw err
@@ -224,6 +237,7 @@ export async function startGateway(config: Config, deps: GatewayDeps): Promise<G
     readiness.start()
   }
   sessions?.start()
+  tokenSessions?.start()
   const url = clientUrl(edge.scheme, config.listen.host, address.port, config.ws.path)
   log.info(
     {
@@ -262,6 +276,8 @@ export async function startGateway(config: Config, deps: GatewayDeps): Promise<G
     mqttsAddress,
     drain: () => readiness.drain(),
     reload(next) {
+      // auth.keys and auth.secretFile are read again whatever TLS does.
+      auth?.keys.reload('reload')
       if (tls === undefined) {
         log.info('reload requested; TLS is off, nothing to reload')
         return undefined
@@ -273,6 +289,8 @@ export async function startGateway(config: Config, deps: GatewayDeps): Promise<G
       readiness.drain()
       closing ??= (async () => {
         sessions?.stop()
+        tokenSessions?.stop()
+        auth?.keys.close()
         tls?.close()
         await Promise.all([edge.close(shutdown), mqtts?.close(shutdown)])
         // The admin listener outlives the edge so /readyz says 503 throughout the drain.

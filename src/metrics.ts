@@ -18,6 +18,7 @@ import {
   Registry,
   type PrometheusContentType,
 } from 'prom-client'
+import { AUTH_REFUSAL_REASONS, type AuthRefusalReason } from './auth/verifier.js'
 import type { Initiator } from './bridge/close-codes.js'
 import type { ProxyRefusalReason } from './edge/proxy-protocol-in.js'
 import { REFUSAL_REASONS, type RefusalReason } from './edge/refusals.js'
@@ -60,6 +61,7 @@ export const METRIC = {
   mqttRefusals: 'mqtt_refusals_total',
   mqttSubprotocolMismatch: 'mqtt_subprotocol_mismatch_total',
   identityRewrites: 'identity_rewrites_total',
+  authRefusals: 'auth_refusals_total',
   proxyProtocolRefusals: 'proxy_protocol_refusals_total',
   mqttConnects: 'mqtt_connects_total',
   mqttConnacks: 'mqtt_connacks_total',
@@ -233,6 +235,7 @@ export class Metrics {
   readonly #mqttSubprotocolMismatch: Counter<'subprotocol' | 'level'>
   readonly #mqttConnects: Counter<'level'>
   readonly #identityRewrites: Counter<'action'>
+  readonly #authRefusals: Counter<'reason'>
   readonly #proxyProtocolRefusals: Counter<'listener' | 'reason'>
   readonly #mqttConnacks: Counter<'level' | 'code'>
   readonly #routeRequests: Counter<'route' | 'status_class'>
@@ -428,6 +431,13 @@ export class Metrics {
       registers,
     })
     for (const action of ['set', 'removed']) this.#identityRewrites.inc({ action }, 0)
+    this.#authRefusals = new Counter({
+      name: name(METRIC.authRefusals),
+      help: 'Clients refused under auth.mode=jwt, before the 101 or at their CONNECT, by reason (missing, too_large, malformed, algorithm, signature, unknown_key, keys_unavailable, expired, not_yet_valid, issuer, audience, claim, client_id).',
+      labelNames: ['reason'],
+      registers,
+    })
+    for (const reason of AUTH_REFUSAL_REASONS) this.#authRefusals.inc({ reason }, 0)
     this.#proxyProtocolRefusals = new Counter({
       name: name(METRIC.proxyProtocolRefusals),
       help: 'Connections dropped under listen.proxyProtocol before they were served, by listener and reason (unlisted_peer, missing, malformed, wrong_version, timeout).',
@@ -601,6 +611,11 @@ export class Metrics {
   /** listen.proxyProtocol dropped a connection (labels: 3 listeners, 5 reasons). */
   proxyProtocolRefused(listener: 'ws' | 'wss' | 'mqtts', reason: ProxyRefusalReason): void {
     this.#proxyProtocolRefusals.inc({ listener, reason })
+  }
+
+  /** auth.mode=jwt refused a client (labels: 13 reasons). */
+  authRefused(reason: AuthRefusalReason): void {
+    this.#authRefusals.inc({ reason })
   }
 
   /** tls.identityAs=username changed a CONNECT's username (labels: 2 actions). */

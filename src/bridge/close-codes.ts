@@ -44,6 +44,8 @@ export const CloseReason = {
   certificateRevoked: 'client certificate revoked',
   /** tls.closeRevoked, once the session's certificate is past its notAfter. */
   certificateExpired: 'client certificate expired',
+  /** auth.mode=jwt: the session's token is past its exp (plus auth.clockTolerance). */
+  tokenExpired: 'token expired',
   shuttingDown: 'server shutting down',
   textFrame: 'text frames are not allowed; MQTT needs binary frames',
   /** Logged with 1007; the close frame itself carries no reason. */

@@ -29,14 +29,28 @@ import type { Metrics } from '../metrics.js'
 import { serverUnavailableCode, serverUnavailableConnack } from '../mqtt/connack.js'
 import type { ConnackInfo, ConnectInfo } from '../mqtt/connect.js'
 import { MqttFramer, type FramerEvents, type FramerResult } from '../mqtt/framer.js'
-import { certificateIdentity, rewriteConnectUsername } from '../mqtt/identity.js'
+import { certificateIdentity, connectPassword, rewriteConnectUsername } from '../mqtt/identity.js'
 import type { MqttMalformedError } from '../mqtt/errors.js'
 import type { PacketTypeValue, ProtocolLevel } from '../mqtt/packet.js'
 import { brokerOrder } from '../upstream/affinity.js'
 import type { BrokerConnector, ClientConnectOutcome, Upstream } from '../upstream/connector.js'
 import type { ProxyClient } from '../upstream/proxy-header.js'
+import type { VerifiedToken } from '../auth/token.js'
+import type { TokenFailure } from '../auth/verifier.js'
 import type { ClientEvents, ClientSide } from './client-side.js'
-import { CloseCode, CloseReason, type CloseCodeValue, type Initiator } from './close-codes.js'
+import {
+  claimedUsername,
+  clientIdRefusal,
+  connectRefusal,
+  type ConnectionAuth,
+} from './connect-auth.js'
+import {
+  CloseCode,
+  CloseReason,
+  fitCloseReason,
+  type CloseCodeValue,
+  type Initiator,
+} from './close-codes.js'
 import { Goodbyes, type Goodbye } from './goodbyes.js'
 
 /** How long one side may stay half-open after the other closed before it is destroyed. */
@@ -100,6 +114,12 @@ export interface ConnectionInfo {
    * upgrade mode the admission already did.
    */
   proxy?: ProxyClient | undefined
+  /**
+   * auth.mode=jwt: the token the client was let in with (found before the 101, or its verified
+   * client certificate); undefined when its CONNECT password is to carry it (Connection.token
+   * is set once that is verified) or without auth.
+   */
+  token?: VerifiedToken | undefined
 }
 
 /** What the MQTT framers of a connection are told (mqtt.*). */
@@ -137,6 +157,11 @@ export interface ConnectionOptions {
   identity?: IdentityRewrite | undefined
   /** Set in connect mode (the connections come without a broker socket), else undefined. */
   dial: BrokerDial | undefined
+  /**
+   * auth.mode=jwt (needs mqtt.inspect): the CONNECT is held until the token allows it, its
+   * username set from the token's claim; undefined without auth.
+   */
+  auth?: ConnectionAuth | undefined
   /** Counts what the framers find (malformed packets); the byte counts stay plain fields. */
   metrics: Metrics
   /** The connection logs through a child of it that names the connection and its listener. */
@@ -177,6 +202,8 @@ interface PendingRewrite {
   /** The whole CONNECT as sent, fixed header included. */
   size: number
   level: ProtocolLevel
+  /** auth.mode=jwt: held for the token check instead, which decides the username. */
+  authorize?: ConnectInfo
 }
 
 /** Who the client said it is, from its CONNECT (never the password): log lines, /connections. */
@@ -219,6 +246,11 @@ export class Connection implements ClientEvents, FramerEvents {
   mqtt: MqttSession | undefined
   /** Ended by the ping sweep (ping_timeouts_total). */
   pingTimedOut = false
+  /**
+   * auth.mode=jwt: the token that let the client in; set at accept for one found before the
+   * 101, by tokenVerified() once a CONNECT password token has passed. Never the token itself.
+   */
+  token: VerifiedToken | undefined
   closed: CloseSummary | undefined
 
   readonly #client: ClientSide
@@ -252,6 +284,8 @@ export class Connection implements ClientEvents, FramerEvents {
   #connectRead = false
   /** tls.identityAs: the CONNECT just read is to be forwarded with this username instead. */
   #rewrite: PendingRewrite | undefined
+  /** auth.mode=jwt: client bytes are held until the CONNECT's token check has answered. */
+  #authHold = false
   /** The broker's CONNACK has been read (and forwarded), and it accepted the client. */
   #connackAccepted = false
   /** The size of the client packet refused for mqtt.maxPacketSize, else 0. */
@@ -281,6 +315,7 @@ export class Connection implements ClientEvents, FramerEvents {
     this.origin = info.origin
     this.protocol = info.protocol
     this.tls = info.tls
+    this.token = info.token
     this.#proxy = info.proxy
     this.#client = client
     this.#options = options
@@ -302,6 +337,7 @@ export class Connection implements ClientEvents, FramerEvents {
         protocol: this.protocol,
         broker: this.broker,
         ...(this.tls && { tls: this.tls }),
+        ...(this.token && { tokenSource: this.token.source, sub: this.token.subject }),
       },
       'connection opened',
     )
@@ -351,7 +387,19 @@ export class Connection implements ClientEvents, FramerEvents {
     this.#connectRead = true
     // Every line from here on names the client: refusals and closes included.
     this.#log = this.#log.child({ clientId: sent.clientId })
-    const info = this.#identity(sent)
+    // auth.mode=jwt: held for the token check, which sets the username (a certificate that
+    // stood in for a token goes the tls.identityAs way).
+    const authorize = this.#options.auth !== undefined && this.token?.source !== 'certificate'
+    if (authorize) {
+      this.#authHold = true
+      this.#rewrite = {
+        username: sent.username,
+        size: sent.size,
+        level: sent.level,
+        authorize: sent,
+      }
+    }
+    const info = authorize ? sent : this.#identity(sent)
     this.mqtt = {
       clientId: info.clientId,
       username: info.username,
@@ -368,7 +416,99 @@ export class Connection implements ClientEvents, FramerEvents {
       )
       this.#options.metrics.mqttSubprotocolMismatch(this.protocol, info.level)
     }
-    if (this.#upstream === undefined && !this.closing) this.#dialBroker(info)
+    if (this.#upstream === undefined && !this.closing && !this.#authHold) this.#dialBroker(info)
+  }
+
+  /** A CONNECT password token has passed: the connection now carries it. */
+  tokenVerified(token: VerifiedToken): void {
+    this.token = token
+  }
+
+  // auth.mode=jwt, the CONNECT just read (everything after it is held meanwhile): the token it
+  // came with, or the one its password carries, must let it in.
+  #authorizeConnect(connect: Buffer, sent: ConnectInfo): void {
+    const auth = this.#options.auth as ConnectionAuth // mqttConnect checked
+    if (this.token !== undefined) {
+      this.#admitConnect(auth, connect, sent, this.token, false)
+      return
+    }
+    const password = sent.hasPassword ? connectPassword(connect, sent.level) : undefined
+    if (password === undefined || password === '') {
+      this.#refuseToken(auth, {
+        reason: 'missing',
+        message: 'no token: the CONNECT has no password',
+      })
+      return
+    }
+    auth
+      .verifyPassword(password)
+      .then((check) => {
+        if (this.closing) return
+        if (!check.ok) {
+          this.#refuseToken(auth, check)
+          return
+        }
+        this.tokenVerified(auth.accepted(check.token))
+        this.#admitConnect(auth, connect, sent, check.token, true)
+      })
+      .catch((err: unknown) => this.#dialFault(err))
+  }
+
+  #admitConnect(
+    auth: ConnectionAuth,
+    connect: Buffer,
+    sent: ConnectInfo,
+    token: VerifiedToken,
+    fromPassword: boolean,
+  ): void {
+    const refusal = clientIdRefusal(auth, token, sent.clientId)
+    if (refusal !== undefined) {
+      this.#refuseToken(auth, refusal, token)
+      return
+    }
+    const claimed = claimedUsername(auth, token)
+    const username = claimed ?? sent.username
+    // The token was the password: the broker is not shown it.
+    const forward =
+      claimed === undefined && !fromPassword
+        ? connect
+        : rewriteConnectUsername(connect, username, sent.level, !fromPassword)
+    if (claimed !== undefined && this.mqtt !== undefined) {
+      this.mqtt.username = claimed
+      this.#log.info(
+        { username: claimed, sentUsername: sent.username },
+        'username set from the token',
+      )
+    }
+    this.#authHold = false
+    this.#held = [forward, ...(this.#held ?? [])]
+    this.#heldBytes += forward.length
+    if (this.#upstream !== undefined) this.#writeHeld(this.#upstream)
+    else this.#dialBroker({ ...sent, username })
+  }
+
+  // The CONNECT is never forwarded: the client is answered in MQTT, then closed.
+  #refuseToken(
+    auth: ConnectionAuth,
+    failure: Pick<TokenFailure, 'reason' | 'message'>,
+    token?: VerifiedToken,
+  ): void {
+    auth.refused(failure, 'password', token)
+    const level = this.mqtt?.protocolLevel ?? 4
+    const answer = connectRefusal(level, failure)
+    this.#log.warn(
+      {
+        reason: failure.reason,
+        detail: failure.message,
+        protocolLevel: level,
+        connackCode: answer.connackCode,
+      },
+      'CONNECT refused for its token; answered with a refusing CONNACK',
+    )
+    this.#held = undefined
+    this.#heldBytes = 0
+    this.#client.send(answer.connack)
+    this.close(answer.close, fitCloseReason(`token refused: ${failure.message}`), 'gateway')
   }
 
   // tls.identityAs=username: the username the broker is to see is the verified certificate's
@@ -409,10 +549,15 @@ export class Connection implements ClientEvents, FramerEvents {
   // The push that read the CONNECT released it first: in `released` (bytes from earlier chunks)
   // then data[0, forward). Its first `size` bytes go as rewritten; the rest, unchanged.
   #forwardRewritten(result: FramerResult, data: Buffer): void {
-    const { username, size, level } = this.#rewrite as PendingRewrite // clientData checked
+    const { username, size, level, authorize } = this.#rewrite as PendingRewrite // clientData checked
     this.#rewrite = undefined
     const forward = data.subarray(0, result.forward)
     const all = result.released === undefined ? forward : Buffer.concat([result.released, forward])
+    if (authorize !== undefined) {
+      if (all.length > size) this.#hold(all.subarray(size))
+      this.#authorizeConnect(all.subarray(0, size), authorize)
+      return
+    }
     this.#toBroker(rewriteConnectUsername(all.subarray(0, size), username, level))
     if (all.length > size) this.#toBroker(all.subarray(size))
   }
@@ -565,7 +710,7 @@ export class Connection implements ClientEvents, FramerEvents {
 
   #toBroker(data: Buffer): void {
     const upstream = this.#upstream
-    if (upstream === undefined) {
+    if (upstream === undefined || this.#authHold) {
       this.#hold(data)
       return
     }

@@ -36,6 +36,14 @@ export const Goodbyes = {
       reasonString: 'certificate expired',
     }),
   },
+  /** auth.mode=jwt, the session's token is past its exp: 0x87 Not authorized, then 1008. */
+  tokenExpired: {
+    code: CloseCode.POLICY_VIOLATION,
+    reason: CloseReason.tokenExpired,
+    disconnect: encodeDisconnect(DisconnectReasonCode.NOT_AUTHORIZED, {
+      reasonString: 'token expired',
+    }),
+  },
   /**
    * Shutdown, then 1001: 0x8B Server shutting down, or with shutdown.serverReference set, 0x9C
    * Use another server naming it (MQTT 5, 4.11: the client may reconnect there).

@@ -8,7 +8,14 @@ import { ConfigError } from '../errors.js'
 import { mqttStringProblem } from '../mqtt/encode.js'
 import { parseCidr, parseHostPort, parseRoutes } from './formats.js'
 import { compileOrigins } from './origin.js'
-import { schema, type Config, type RawConfig } from './schema.js'
+import {
+  schema,
+  TOKEN_ALGORITHMS,
+  TOKEN_FROM_ENTRIES,
+  type Config,
+  type RawConfig,
+  type TokenFromEntry,
+} from './schema.js'
 
 /** config/ at the package root, from src/config or dist/config alike. */
 export const PROFILE_DIR = fileURLToPath(new URL('../../config/', import.meta.url))
@@ -88,7 +95,19 @@ function parseConfig(raw: RawConfig): Config {
       trustedProxies: parsed('http.trustedProxies', () => raw.http.trustedProxies.map(parseCidr)),
       routes: parsed('http.routes', () => parseRoutes(raw.http.routes)),
     },
+    auth: {
+      ...raw.auth,
+      tokenFrom: parsed('auth.tokenFrom', () => raw.auth.tokenFrom.map(tokenFromEntry)),
+    },
   }
+}
+
+function tokenFromEntry(entry: string): TokenFromEntry {
+  const found = TOKEN_FROM_ENTRIES.find((known) => known === entry.trim())
+  if (found === undefined) {
+    throw new Error(`"${entry}" is not one of ${TOKEN_FROM_ENTRIES.join(', ')}`)
+  }
+  return found
 }
 
 // The formats ran the same parsers on every entry already, so this throws only if the two ever
@@ -131,7 +150,68 @@ function checkCrossKeyRules(config: Config): void {
   checkRouteRules(config)
   checkTlsRules(config)
   checkIdentityRules(config)
+  checkAuthRules(config)
   checkShutdownRules(config)
+}
+
+// auth.mode=jwt: a key to check against, algorithms that can be checked (never none), and the
+// framer for whatever is read from the CONNECT (the password, the username and client id).
+function checkAuthRules({ auth, mqtt, tls }: Config): void {
+  for (const alg of auth.algorithms) {
+    if (alg.trim().toLowerCase() === 'none') {
+      throw new ConfigError('auth.algorithms', 'must not list none (unsigned tokens)')
+    }
+    if (!TOKEN_ALGORITHMS.includes(alg.trim())) {
+      throw new ConfigError(
+        'auth.algorithms',
+        `"${alg}" is not one of ${TOKEN_ALGORITHMS.join(', ')}`,
+      )
+    }
+  }
+  if (auth.mode === 'none') return
+  if (auth.tokenFrom.length === 0) {
+    throw new ConfigError('auth.tokenFrom', 'is empty while auth.mode is jwt')
+  }
+  if (auth.algorithms.length === 0) {
+    throw new ConfigError('auth.algorithms', 'is empty while auth.mode is jwt')
+  }
+  if (auth.jwksUrl === '' && auth.keys.length === 0 && auth.secretFile === '') {
+    throw new ConfigError(
+      'auth.jwksUrl',
+      'auth.mode=jwt needs a key: auth.jwksUrl, auth.keys or auth.secretFile',
+    )
+  }
+  if (auth.jwksUrl !== '' && !/^https:\/\/[^/\s]+/i.test(auth.jwksUrl)) {
+    throw new ConfigError('auth.jwksUrl', 'must be an https:// URL')
+  }
+  if (auth.secretFile !== '' && !auth.algorithms.some((alg) => alg.startsWith('HS'))) {
+    throw new ConfigError(
+      'auth.algorithms',
+      'lists no HS256/HS384/HS512 while auth.secretFile is set',
+    )
+  }
+  if (!mqtt.inspect) {
+    if (auth.tokenFrom.includes('password')) {
+      throw new ConfigError(
+        'auth.tokenFrom',
+        'password needs mqtt.inspect=true (the token is read from the CONNECT)',
+      )
+    }
+    for (const key of ['usernameClaim', 'clientIdPrefixClaim'] as const) {
+      if (auth[key] !== '') {
+        throw new ConfigError(
+          `auth.${key}`,
+          'needs mqtt.inspect=true (the CONNECT is read and changed), or set it empty',
+        )
+      }
+    }
+  }
+  if (auth.allowClientCert && (!tls.enabled || tls.clientAuth === 'none')) {
+    throw new ConfigError(
+      'auth.allowClientCert',
+      'needs tls.enabled and tls.clientAuth=optional or required (no certificate is asked for)',
+    )
+  }
 }
 
 function checkShutdownRules({ shutdown }: Config): void {

@@ -253,6 +253,104 @@ export const schema = {
       env: 'DRAWBRIDGE_TLS_IDENTITY_FROM',
     },
   },
+  auth: {
+    mode: {
+      doc: 'Token authentication at the edge. none: every client is let through to the broker as before. jwt: a client needs a JSON Web Token that passes every auth.* check (or, with auth.allowClientCert, a verified client certificate); see README "Authentication".',
+      format: ['none', 'jwt'],
+      default: 'none',
+      env: 'DRAWBRIDGE_AUTH_MODE',
+    },
+    tokenFrom: {
+      doc: 'Where the token is looked for, the first found wins, in this order: header (Authorization: Bearer), subprotocol (a Sec-WebSocket-Protocol entry bearer.<token> beside mqtt), query (the access_token parameter), cookie (auth.cookie), password (the CONNECT password; needs mqtt.inspect, and is the only source on the mqtts listener).',
+      format: 'string-list',
+      default: ['header', 'subprotocol', 'query', 'cookie', 'password'],
+      env: 'DRAWBRIDGE_AUTH_TOKEN_FROM',
+    },
+    cookie: {
+      doc: 'Name of the cookie that carries the token (auth.tokenFrom cookie).',
+      format: 'non-empty-string',
+      default: 'access_token',
+      env: 'DRAWBRIDGE_AUTH_COOKIE',
+    },
+    jwksUrl: {
+      doc: 'HTTPS URL of a JSON Web Key Set the token signatures are checked against. Fetched at start, cached, fetched again when a token names an unknown kid (at most every auth.jwksRefetchInterval); while the endpoint is down the cached keys are used. Empty: none (auth.keys or auth.secretFile instead).',
+      format: 'optional-string',
+      default: '',
+      env: 'DRAWBRIDGE_AUTH_JWKS_URL',
+    },
+    jwksCa: {
+      doc: "PEM file with the CA(s) that auth.jwksUrl's certificate must chain to (empty: the system CAs).",
+      format: 'file-path',
+      default: '',
+      env: 'DRAWBRIDGE_AUTH_JWKS_CA',
+    },
+    jwksRefetchInterval: {
+      doc: 'Least time between two fetches of auth.jwksUrl, so tokens with made-up kids cannot make the gateway hammer the key server.',
+      format: 'duration',
+      default: 30_000,
+      env: 'DRAWBRIDGE_AUTH_JWKS_REFETCH_INTERVAL',
+    },
+    keys: {
+      doc: 'Files with public keys the token signatures are checked against: PEM (SPKI) public keys, a JWK or a JWK Set (JSON). Read at start and again on SIGHUP or when a file changes; a file that fails to read keeps the keys loaded before.',
+      format: 'string-list',
+      default: [],
+      env: 'DRAWBRIDGE_AUTH_KEYS',
+    },
+    secretFile: {
+      doc: 'File holding the shared secret for HS256/HS384/HS512 tokens (its bytes, a trailing newline removed); reloaded like auth.keys. Empty: none.',
+      format: 'file-path',
+      default: '',
+      env: 'DRAWBRIDGE_AUTH_SECRET_FILE',
+    },
+    algorithms: {
+      doc: 'The signature algorithms a token may use (its alg header): RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, ES512, EdDSA, HS256, HS384, HS512. none is never accepted, and listing it fails start-up.',
+      format: 'string-list',
+      default: ['RS256', 'ES256'],
+      env: 'DRAWBRIDGE_AUTH_ALGORITHMS',
+    },
+    issuer: {
+      doc: 'The iss a token must carry (empty: not checked).',
+      format: 'optional-string',
+      default: '',
+      env: 'DRAWBRIDGE_AUTH_ISSUER',
+    },
+    audience: {
+      doc: 'The aud a token must carry (empty: not checked).',
+      format: 'optional-string',
+      default: '',
+      env: 'DRAWBRIDGE_AUTH_AUDIENCE',
+    },
+    clockTolerance: {
+      doc: 'Leeway for clock skew when exp and nbf are checked; a session is closed at exp plus this.',
+      format: 'duration',
+      default: 30_000,
+      env: 'DRAWBRIDGE_AUTH_CLOCK_TOLERANCE',
+    },
+    maxTokenSize: {
+      doc: 'Longest token accepted, in bytes. A longer one is refused unread: 431 in a header or cookie, 414 in the query, 401 in a subprotocol, CONNACK refused as a password.',
+      format: 'size',
+      default: 8 * 1024,
+      env: 'DRAWBRIDGE_AUTH_MAX_TOKEN_SIZE',
+    },
+    allowClientCert: {
+      doc: 'A client certificate verified by tls.ca stands in for a token (devices keep working without one). Needs tls.clientAuth optional or required.',
+      format: 'bool',
+      default: false,
+      env: 'DRAWBRIDGE_AUTH_ALLOW_CLIENT_CERT',
+    },
+    usernameClaim: {
+      doc: "The token claim whose value becomes the CONNECT's username (the broker's per-user ACLs apply to it); a token without it, as a string, is refused. Empty: the username is left as sent. Needs mqtt.inspect.",
+      format: 'optional-string',
+      default: 'sub',
+      env: 'DRAWBRIDGE_AUTH_USERNAME_CLAIM',
+    },
+    clientIdPrefixClaim: {
+      doc: 'When set, the token claim whose value a client id must start with; another client id is answered CONNACK 0x02 Identifier rejected (5: 0x85 Client Identifier not valid), then closed 1008. Needs mqtt.inspect.',
+      format: 'optional-string',
+      default: '',
+      env: 'DRAWBRIDGE_AUTH_CLIENT_ID_PREFIX_CLAIM',
+    },
+  },
   http: {
     diagnostics: {
       doc: 'Serve the diagnostics page at GET / on the public listener: a self-test a user runs in their own browser (TLS, WebSocket upgrade, subprotocol, MQTT round trip, idle survival) with a report to copy into a support ticket. On in development, off in production.',
@@ -428,6 +526,7 @@ export interface RawConfig {
     embedded: boolean
   }
   tls: TlsConfig
+  auth: AuthConfig
   http: { diagnostics: boolean; trustedProxies: string[]; routes: RouteSpec[] }
   tcp: { enabled: boolean; port: number }
   limits: { maxConnections: number; highWaterMark: number }
@@ -448,7 +547,7 @@ export interface RawConfig {
  * The validated configuration, as the rest of the code sees it: RawConfig with every list that
  * has a structure parsed once, by loadConfig, so no user parses it again (or differently).
  */
-export interface Config extends Omit<RawConfig, 'listen' | 'ws' | 'upstream' | 'http'> {
+export interface Config extends Omit<RawConfig, 'listen' | 'ws' | 'upstream' | 'http' | 'auth'> {
   listen: Omit<RawConfig['listen'], 'proxyProtocolFrom'> & { proxyProtocolFrom: readonly Cidr[] }
   ws: Omit<RawConfig['ws'], 'allowedOrigins'> & { allowedOrigins: readonly OriginRule[] }
   upstream: Omit<RawConfig['upstream'], 'brokers'> & { brokers: readonly HostPort[] }
@@ -456,6 +555,7 @@ export interface Config extends Omit<RawConfig, 'listen' | 'ws' | 'upstream' | '
     trustedProxies: readonly Cidr[]
     routes: readonly Route[]
   }
+  auth: Omit<AuthConfig, 'tokenFrom'> & { tokenFrom: readonly TokenFromEntry[] }
 }
 
 export type ClientAuth = 'none' | 'optional' | 'required'
@@ -491,3 +591,54 @@ export type IdentityAs = 'none' | 'username'
 
 /** tls.identityFrom: the certificate field that becomes the username. */
 export type IdentityFrom = 'cn' | 'san-dns' | 'san-uri' | 'san-email'
+
+/** auth.mode: whether clients need a token. */
+export type AuthMode = 'none' | 'jwt'
+
+/** auth.tokenFrom entries, in the order they are looked at. */
+export type TokenFromEntry = 'header' | 'subprotocol' | 'query' | 'cookie' | 'password'
+
+export const TOKEN_FROM_ENTRIES: readonly TokenFromEntry[] = [
+  'header',
+  'subprotocol',
+  'query',
+  'cookie',
+  'password',
+]
+
+/** The algorithms auth.algorithms may list (jose's JWS algorithms; never none). */
+export const TOKEN_ALGORITHMS: readonly string[] = [
+  'RS256',
+  'RS384',
+  'RS512',
+  'PS256',
+  'PS384',
+  'PS512',
+  'ES256',
+  'ES384',
+  'ES512',
+  'EdDSA',
+  'HS256',
+  'HS384',
+  'HS512',
+]
+
+export interface AuthConfig {
+  mode: AuthMode
+  /** As written; Config has them checked (TokenFromEntry). */
+  tokenFrom: string[]
+  cookie: string
+  jwksUrl: string
+  jwksCa: string
+  jwksRefetchInterval: number
+  keys: string[]
+  secretFile: string
+  algorithms: string[]
+  issuer: string
+  audience: string
+  clockTolerance: number
+  maxTokenSize: number
+  allowClientCert: boolean
+  usernameClaim: string
+  clientIdPrefixClaim: string
+}

@@ -11,6 +11,7 @@
 // broker, and its Connection dials one once the client's CONNECT has been read.
 import type { IncomingMessage } from 'node:http'
 import type { Duplex } from 'node:stream'
+import type { AuthAdmission, EdgeAuth } from '../auth/gate.js'
 import type { BrokerDial } from '../bridge/connection.js'
 import type { Config, ConnectOn } from '../config/schema.js'
 import type { BrokerConnector, Upstream } from '../upstream/connector.js'
@@ -29,6 +30,8 @@ export interface Admission {
   readonly proxy?: ProxyClient | undefined
   /** Run when the admission is over, whatever its outcome (a capacity slot is released). */
   readonly onEnd: (() => void)[]
+  /** auth.mode=jwt: the token let in with, or the CONNECT password still to check. */
+  auth?: AuthAdmission | undefined
 }
 
 /** A client that came with an HTTP request: a step written for it serves every upgrade list. */
@@ -99,6 +102,8 @@ export interface StepOptions {
   connector: BrokerConnector
   /** upstream.connectOn: connect leaves the broker step (and the checks after it) out. */
   connectOn: ConnectOn
+  /** auth.mode=jwt; undefined when it is none. */
+  auth?: EdgeAuth | undefined
 }
 
 /** A WebSocket upgrade, decided before the 101 is sent. */
@@ -109,6 +114,7 @@ export function websocketSteps(
     trustedClientCertificate(options.tls),
     notShuttingDown(options.closing),
     validRequest(options.policy),
+    ...(options.auth ? [tokenChecked(options.auth, options.tls)] : []),
     underCapacity(options.capacity),
     ...brokerFirst(options),
   ]
@@ -151,6 +157,7 @@ export function mqttsSteps(options: StepOptions & { tls: TlsManager }): Step<Adm
   return [
     trustedClientCertificate(options.tls),
     notShuttingDown(options.closing),
+    ...(options.auth ? [streamAuthenticated(options.auth, options.tls)] : []),
     underCapacity(options.capacity),
     ...brokerFirst(options),
   ]
@@ -245,6 +252,24 @@ export function webSocketRequest(): Step<RequestAdmission> {
 }
 
 /**
+ * auth.mode=jwt: a token in the request is checked before the 101 (waiting for the JWK Set when
+ * its keys have to be fetched); without one the client is let in only to show one as its
+ * CONNECT password (auth.tokenFrom password), else refused 401.
+ */
+export function tokenChecked(auth: EdgeAuth, tls: TlsManager | undefined): Step<Upgrade> {
+  return {
+    name: 'token',
+    async run(upgrade) {
+      const decision = await auth.upgrade(upgrade.req, tls?.verdict(upgrade.socket)?.tls)
+      if ('refusal' in decision) return decision.refusal
+      if (!upgrade.socket.readable || !upgrade.socket.writable) return CLIENT_LEFT
+      upgrade.auth = decision
+      return undefined
+    },
+  }
+}
+
+/**
  * ws.allowedOrigins for a routed upgrade, as for the MQTT endpoint: a page on another origin
  * must not open a WebSocket to the web app with the user's cookies either.
  */
@@ -254,6 +279,19 @@ export function allowedOrigin(
   return {
     name: 'origin',
     run: ({ req }) => originRefusal(req, policy),
+  }
+}
+
+/** An mqtts client has no request: a certificate (auth.allowClientCert) or its password. */
+export function streamAuthenticated(auth: EdgeAuth, tls: TlsManager): Step<Admission> {
+  return {
+    name: 'token',
+    run(admission) {
+      const decision = auth.stream(tls.verdict(admission.socket)?.tls)
+      if ('refusal' in decision) return decision.refusal
+      admission.auth = decision
+      return undefined
+    },
   }
 }
 

@@ -10,6 +10,7 @@ import tls from 'node:tls'
 import { Connection, type ConnectionOptions, type IdentityRewrite } from '../bridge/connection.js'
 import type { ConnectionRegistry, ShutdownPolicy } from '../bridge/registry.js'
 import { StreamClient } from '../bridge/stream-client.js'
+import type { EdgeAuth } from '../auth/gate.js'
 import type { Config } from '../config/schema.js'
 import { listen } from '../listen.js'
 import type { Logger } from '../log.js'
@@ -45,6 +46,8 @@ export interface MqttsOptions {
   connections: ConnectionRegistry
   connector: BrokerConnector
   tls: TlsManager
+  /** auth.mode=jwt: a certificate (auth.allowClientCert) or the CONNECT password; else none. */
+  auth?: EdgeAuth | undefined
   log: Logger
   metrics: Metrics
 }
@@ -87,6 +90,7 @@ export class MqttsListener {
       capacity: new Capacity(options.maxConnections, () => options.connections.sizeOf(LISTENER)),
       connector: options.connector,
       connectOn: options.upstream.connectOn,
+      auth: options.auth,
     })
     this.#refuse = new Refuser({ log: options.log, metrics: options.metrics })
     this.#connectionOptions = {
@@ -94,6 +98,7 @@ export class MqttsListener {
       mqtt: options.mqtt,
       identity: options.identity,
       dial: connectDial(options.upstream, options.connector),
+      auth: options.auth,
       metrics: options.metrics,
       log: options.log,
       onClose: (closed) => {
@@ -179,6 +184,7 @@ export class MqttsListener {
         protocol: false,
         ...(verdict && { tls: verdict.tls }),
         proxy: admission.proxy,
+        token: admission.auth && 'token' in admission.auth ? admission.auth.token : undefined,
       },
       this.#connectionOptions,
     )

@@ -25,6 +25,8 @@ export type RefusalReason =
   | 'client_cert'
   /** The browser's Origin is not in ws.allowedOrigins, or it is missing under ws.requireOrigin. */
   | 'origin'
+  /** auth.mode=jwt: no token, or one that failed (drawbridge_auth_refusals_total says why). */
+  | 'auth'
   /** A fault of the gateway's own while deciding the upgrade (logged with the error). */
   | 'internal'
 
@@ -43,6 +45,7 @@ export const REFUSAL_REASONS = Object.keys({
   handshake_timeout: true,
   client_cert: true,
   origin: true,
+  auth: true,
   internal: true,
 } satisfies Record<RefusalReason, true>) as RefusalReason[]
 
@@ -135,6 +138,24 @@ export const Refusals = {
   handshakeTimeout: (ms: number) =>
     refusal(408, 'handshake_timeout', `no complete upgrade request within ${ms} ms`),
   requestTimeout: (code: string) => refusal(408, 'handshake_timeout', `bad HTTP request: ${code}`),
+  // auth.mode=jwt (RFC 6750 3: the challenge names what was wrong with the token, never it).
+  tokenMissing: () =>
+    refusal(401, 'auth', 'a token is required (see auth.tokenFrom for where it may be sent)', {
+      'WWW-Authenticate': 'Bearer realm="drawbridge"',
+    }),
+  tokenInvalid: (why: string) =>
+    refusal(401, 'auth', `token refused: ${why}`, {
+      'WWW-Authenticate': `Bearer error="invalid_token", error_description="${quotable(why)}"`,
+    }),
+  /** 431 in a header or cookie, 414 in the query (RFC 9110 15.5.15, RFC 6585 5). */
+  tokenTooLarge: (status: 401 | 414 | 431, max: number) =>
+    refusal(status, 'auth', `token over ${max} bytes (auth.maxTokenSize)`, {
+      'WWW-Authenticate': `Bearer error="invalid_token", error_description="token over ${max} bytes"`,
+    }),
+  tokenKeysUnavailable: (why: string) =>
+    refusal(503, 'auth', `tokens cannot be checked now: ${why}`, {
+      'Retry-After': RETRY_AFTER_SECONDS,
+    }),
   internal: () => refusal(500, 'internal', 'internal error; the gateway log has the details'),
 } as const
 
@@ -205,6 +226,12 @@ export class Refuser {
       message,
     )
   }
+}
+
+/** `text` as a quoted-string's content: no quotes, backslashes or control characters. */
+function quotable(text: string): string {
+  // eslint-disable-next-line no-control-regex -- the control characters are what it replaces
+  return text.replace(/["\\\u0000-\u001f\u007f]/g, ' ')
 }
 
 /** The response bytes for `refusal`, then the socket closed once they are written. */

@@ -17,6 +17,7 @@ import {
 } from '../bridge/connection.js'
 import type { ConnectionRegistry, ShutdownPolicy } from '../bridge/registry.js'
 import { WebSocketClient } from '../bridge/websocket-client.js'
+import type { EdgeAuth } from '../auth/gate.js'
 import type { Config } from '../config/schema.js'
 import { listen } from '../listen.js'
 import type { Logger } from '../log.js'
@@ -66,6 +67,8 @@ export interface EdgeOptions {
   metrics: Metrics
   /** When set, the listener speaks TLS (wss://) with this manager's material and client policy. */
   tls?: TlsManager | undefined
+  /** auth.mode=jwt: tokens checked before the 101 (or at the CONNECT); undefined when none. */
+  auth?: EdgeAuth | undefined
 }
 
 export class EdgeServer {
@@ -119,6 +122,7 @@ export class EdgeServer {
       ),
       connector: options.connector,
       connectOn: options.upstream.connectOn,
+      auth: options.auth,
     })
     this.#routedSteps = routedUpgradeSteps({
       tls,
@@ -141,6 +145,7 @@ export class EdgeServer {
       mqtt: options.mqtt,
       identity: options.identity,
       dial: connectDial(options.upstream, options.connector),
+      auth: options.auth,
       metrics: options.metrics,
       log: options.log,
       onClose: (closed) => {
@@ -174,7 +179,15 @@ export class EdgeServer {
       requestFields: (req) => this.#forwardedClient(req),
       onRefused: (req, refusal) => this.#diagnostics?.recordRefusal(req, refusal),
     })
-    this.#server = tls ? https.createServer(tls.serverOptions()) : http.createServer()
+    // auth.mode=jwt: room for a token several times auth.maxTokenSize, so an oversized one is
+    // answered as such (431, 414) rather than as a request Node's parser gave up on.
+    const maxHeaderSize = options.auth
+      ? Math.max(16 * 1024, 4 * options.auth.auth.maxTokenSize)
+      : undefined
+    const httpOptions = maxHeaderSize === undefined ? {} : { maxHeaderSize }
+    this.#server = tls
+      ? https.createServer({ ...tls.serverOptions(), ...httpOptions })
+      : http.createServer(httpOptions)
     if (tls) tls.attach(this.#server as https.Server, 'wss')
     // Slow headers on a kept-alive connection; the first request is bounded by our own timer.
     this.#server.headersTimeout = ws.handshakeTimeout
@@ -403,6 +416,7 @@ export class EdgeServer {
           protocol,
           ...this.#tlsDetails(req.socket),
           proxy: upgrade.proxy,
+          token: upgrade.auth && 'token' in upgrade.auth ? upgrade.auth.token : undefined,
         },
         this.#connectionOptions,
       )

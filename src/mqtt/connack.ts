@@ -30,7 +30,25 @@ export function serverUnavailableCode(level: ProtocolLevel): number {
  * MAX_REASON_STRING_BYTES at a character boundary). Session Present is 0: no session is kept.
  */
 export function serverUnavailableConnack(level: ProtocolLevel, reason: string): Buffer {
-  if (level !== 5) return Buffer.from([0x20, 0x02, 0x00, RETURN_CODE_SERVER_UNAVAILABLE])
+  return refusalConnack(
+    level,
+    RETURN_CODE_SERVER_UNAVAILABLE,
+    REASON_CODE_SERVER_UNAVAILABLE,
+    reason,
+  )
+}
+
+/**
+ * A CONNACK refusing the connection: `20 02 00 <returnCode>` below MQTT 5; at 5, `reasonCode`
+ * with `reason` as Reason String (cut as above).
+ */
+export function refusalConnack(
+  level: ProtocolLevel,
+  returnCode: number,
+  reasonCode: number,
+  reason: string,
+): Buffer {
+  if (level !== 5) return Buffer.from([0x20, 0x02, 0x00, returnCode])
   const property = stringProperty(REASON_STRING, reasonString(reason))
   const propertyLength = variableByteInteger(property.length)
   // Acknowledge flags and reason code, then the properties with their length.
@@ -38,7 +56,7 @@ export function serverUnavailableConnack(level: ProtocolLevel, reason: string): 
   return Buffer.concat([
     Buffer.from([0x20]),
     variableByteInteger(remaining),
-    Buffer.from([0x00, REASON_CODE_SERVER_UNAVAILABLE]),
+    Buffer.from([0x00, reasonCode]),
     propertyLength,
     property,
   ])

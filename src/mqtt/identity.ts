@@ -49,6 +49,7 @@ export function rewriteConnectUsername(
   packet: Buffer,
   username: string | undefined,
   level: ProtocolLevel,
+  keepPassword = true,
 ): Buffer {
   // Fixed header: type byte, Remaining Length (1-4 bytes).
   let pos = 1
@@ -78,7 +79,8 @@ export function rewriteConnectUsername(
     field.writeUInt16BE(bytes.length, 0)
     bytes.copy(field, 2)
     newFlags |= USERNAME_FLAG
-  } else if (level !== 5) {
+  }
+  if (!keepPassword || (username === undefined && level !== 5)) {
     rest = rest.subarray(0, 0) // the password is all that follows the username
     newFlags &= ~PASSWORD_FLAG
   }
@@ -88,6 +90,29 @@ export function rewriteConnectUsername(
   const headerSize = out.length - length
   out[headerSize + (flagsAt - body)] = newFlags
   return out
+}
+
+/**
+ * The password of the CONNECT `packet` (read and found sound by the framer), as UTF-8 text, or
+ * undefined when it has none. Read only to check it as a token (auth.tokenFrom password).
+ */
+export function connectPassword(packet: Buffer, level: ProtocolLevel): string | undefined {
+  let pos = 1
+  while (((packet[pos++] as number) & 0x80) !== 0);
+  pos += 2 + packet.readUInt16BE(pos) + 1 // protocol name, level
+  const flags = packet[pos] as number
+  if ((flags & PASSWORD_FLAG) === 0) return undefined
+  pos += 1 + 2 // flags, keep alive
+  if (level === 5) pos = skipProperties(packet, pos)
+  pos += 2 + packet.readUInt16BE(pos) // client id
+  if ((flags & WILL_FLAG) !== 0) {
+    if (level === 5) pos = skipProperties(packet, pos)
+    pos += 2 + packet.readUInt16BE(pos)
+    pos += 2 + packet.readUInt16BE(pos)
+  }
+  if ((flags & USERNAME_FLAG) !== 0) pos += 2 + packet.readUInt16BE(pos)
+  const length = packet.readUInt16BE(pos)
+  return packet.subarray(pos + 2, pos + 2 + length).toString('utf8')
 }
 
 function skipProperties(packet: Buffer, pos: number): number {
