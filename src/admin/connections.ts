@@ -44,6 +44,17 @@ export interface ConnectionView {
     protocolLevel: 3 | 4 | 5
     keepalive: number
   } | null
+  /**
+   * auth.mode=jwt: what the token that let the client in says of it (never the token); null
+   * without auth, or before a CONNECT password token has been verified.
+   */
+  token: {
+    source: string
+    sub: string | null
+    jti: string | null
+    kid: string | null
+    expiresAt: string | null
+  } | null
 }
 
 export function describeConnection(c: Connection, now = Date.now()): ConnectionView {
@@ -68,5 +79,15 @@ export function describeConnection(c: Connection, now = Date.now()): ConnectionV
     paused: { clientToBroker: c.pausedToBroker, brokerToClient: c.pausedToClient },
     pauses: { clientToBroker: c.pausesToBroker, brokerToClient: c.pausesToClient },
     mqtt: c.mqtt ? { ...c.mqtt, username: c.mqtt.username ?? null } : null,
+    token: c.token
+      ? {
+          source: c.token.source,
+          sub: c.token.subject ?? null,
+          jti: c.token.id ?? null,
+          kid: c.token.keyId ?? null,
+          expiresAt:
+            c.token.expiresAt === undefined ? null : new Date(c.token.expiresAt).toISOString(),
+        }
+      : null,
   }
 }

@@ -218,7 +218,7 @@ export class Refuser {
         ...extra,
         remote: peerAddress(req?.socket ?? socket),
         ...(req && this.#options.requestFields?.(req)),
-        ...(req && { path: req.url }),
+        ...(req && { path: loggablePath(req.url) }),
         status: refusal.status,
         reason: refusal.reason,
         detail: refusal.message,
@@ -226,6 +226,15 @@ export class Refuser {
       message,
     )
   }
+}
+
+/**
+ * A request target as log lines show it: an access_token in the query (auth.tokenFrom query)
+ * is a credential: its value is replaced by "[redacted]".
+ */
+export function loggablePath(url: string | undefined): string | undefined {
+  if (url === undefined || !url.includes('?')) return url
+  return url.replace(/([?&]access_token=)[^&#]*/gi, '$1[redacted]')
 }
 
 /** `text` as a quoted-string's content: no quotes, backslashes or control characters. */

@@ -44,7 +44,7 @@ import {
   requestPath,
   type HandshakePolicy,
 } from './handshake.js'
-import { Refusals, Refuser, type Refusal } from './refusals.js'
+import { loggablePath, Refusals, Refuser, type Refusal } from './refusals.js'
 import { Router, type ForwardingFacts } from './routes.js'
 import type { TlsManager } from './tls.js'
 
@@ -385,7 +385,10 @@ export class EdgeServer {
   // A fault of our own while deciding an upgrade still gets the client an answer, and is never
   // an unhandled rejection.
   #upgradeFailed(err: unknown, req: http.IncomingMessage, socket: Duplex): void {
-    this.#log.error({ err, remote: peerAddress(req.socket), path: req.url }, 'upgrade failed')
+    this.#log.error(
+      { err, remote: peerAddress(req.socket), path: loggablePath(req.url) },
+      'upgrade failed',
+    )
     try {
       this.#refuse.socket(socket, req, Refusals.internal())
     } catch {
@@ -428,7 +431,10 @@ export class EdgeServer {
     // eslint-disable-next-line @typescript-eslint/no-unnecessary-condition
     if (!handedOver) {
       upstream?.socket.destroy()
-      this.#log.warn({ remote: peerAddress(req.socket), path: req.url }, 'ws refused the upgrade')
+      this.#log.warn(
+        { remote: peerAddress(req.socket), path: loggablePath(req.url) },
+        'ws refused the upgrade',
+      )
     }
   }
 
