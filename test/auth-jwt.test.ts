@@ -5,7 +5,9 @@
 // with the claimed username; a session ends at its token's exp; the JWK Set is refetched for an
 // unknown kid (at most every auth.jwksRefetchInterval) and its cache outlives the endpoint.
 import { once } from 'node:events'
+import { writeFileSync } from 'node:fs'
 import net from 'node:net'
+import { join } from 'node:path'
 import mqtt, { type IClientOptions, type MqttClient } from 'mqtt'
 import t from 'tap'
 import { WebSocket } from 'ws'
@@ -25,7 +27,7 @@ import {
   writeAuthFiles,
   type JwksServer,
 } from './helpers/jwt.js'
-import { tempDir, testPki } from './helpers/pki.js'
+import { tempDir, testPki, tlsEnv, writeServerFiles } from './helpers/pki.js'
 import { rawRequest, upgradeRequest } from './helpers/raw.js'
 import { adminGet, scrape, value } from './helpers/scrape.js'
 import { scriptedBroker } from './helpers/scripted-broker.js'
@@ -588,3 +590,161 @@ t.test(
     t.equal(line.sub, 'b', 'the log line names the sub')
   },
 )
+
+// ---- the keys ----------------------------------------------------------------------------------
+
+/** The status an upgrade with `token` in its Authorization header is answered with. */
+function upgradeStatus(port: number, token: string): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const socket = net.connect(port, '127.0.0.1')
+    let data = ''
+    socket.on('data', (chunk: Buffer) => {
+      data += chunk.toString('latin1')
+      if (!data.includes('\r\n\r\n')) return
+      socket.destroy()
+      resolve(Number(/^HTTP\/1\.1 (\d{3})/.exec(data)?.[1] ?? 0))
+    })
+    socket.on('error', reject)
+    socket.on('close', () => reject(new Error(`closed without a status: ${JSON.stringify(data)}`)))
+    const lines = upgradeRequest('/mqtt', { Authorization: `Bearer ${token}` })
+    socket.write(`${lines.join('\r\n')}\r\n\r\n`)
+  })
+}
+
+t.test('an unknown kid fetches the JWK Set again: a rotated-in key works at once', async (t) => {
+  const broker = await startBroker(t, 'aedes')
+  const jwks = await startJwksServer(t, pki, [es.publicJwk])
+  const gw = await authGateway(t, broker.port, jwks, {
+    DRAWBRIDGE_AUTH_JWKS_REFETCH_INTERVAL: '0',
+  })
+  const token = await signWith(rotated, 'rotating')
+  t.equal(await upgradeStatus(gw.port, token), 401, 'kid es-2 not published yet: 401')
+  const fetchesBefore = jwks.fetches
+  jwks.keys = [es.publicJwk, rotated.publicJwk]
+  t.equal(await upgradeStatus(gw.port, token), 101, 'published: the next upgrade refetches, 101')
+  t.equal(jwks.fetches, fetchesBefore + 1, 'one fetch for it')
+  t.equal(await upgradeStatus(gw.port, token), 101, 'then served from the cache')
+  t.equal(jwks.fetches, fetchesBefore + 1, 'no fetch for a known kid')
+})
+
+t.test('unknown kids refetch at most every auth.jwksRefetchInterval', async (t) => {
+  const broker = await startBroker(t, 'aedes')
+  const jwks = await startJwksServer(t, pki, [es.publicJwk])
+  const gw = await authGateway(t, broker.port, jwks) // the default 30 s
+  t.equal(jwks.fetches, 1, 'fetched once at start')
+  for (let i = 0; i < 5; i++) {
+    t.equal(
+      await upgradeStatus(gw.port, await signWith(rotated, `u${i}`, { kid: `made-up-${i}` })),
+      401,
+    )
+  }
+  t.equal(jwks.fetches, 1, 'five made-up kids within 30 s of the last fetch: no fetch')
+  t.equal(await upgradeStatus(gw.port, await signWith(es, 'known')), 101, 'known keys still work')
+})
+
+t.test(
+  'JWK Set endpoint down: cached keys go on working; with none ever fetched, 503',
+  async (t) => {
+    const broker = await startBroker(t, 'aedes')
+    const jwks = await startJwksServer(t, pki, [es.publicJwk])
+    const gw = await authGateway(t, broker.port, jwks, {
+      DRAWBRIDGE_AUTH_JWKS_REFETCH_INTERVAL: '0',
+    })
+    await jwks.stop()
+    t.equal(await upgradeStatus(gw.port, await signWith(es, 'cached')), 101, 'cached key: 101')
+    t.equal(
+      await upgradeStatus(gw.port, await signWith(rotated, 'new')),
+      401,
+      'an unknown kid while it is down: 401 (the fetch failed, the cache has no such key)',
+    )
+    await gw.waitForLog((l) => l.msg === 'token key set fetch failed; using the cached keys')
+
+    const cold = await authGateway(t, broker.port, jwks.url, {
+      DRAWBRIDGE_AUTH_JWKS_REFETCH_INTERVAL: '0',
+    })
+    const res = await rawRequest(
+      cold.port,
+      upgradeRequest('/mqtt', { Authorization: `Bearer ${await signWith(es, 'cold')}` }),
+    )
+    t.equal(res.status, 503, 'no key at all: 503 before the 101')
+    t.equal(res.headers['retry-after'], '5')
+    t.match(res.body, /could not be fetched/)
+    // The same through the password: CONNACK Server unavailable, then 1013.
+    const client = await openRawClient(t, cold.url)
+    client.ws.send(
+      connectPacket('cold-pw', { username: 'u', password: Buffer.from(await signWith(es, 'x')) }),
+    )
+    const connack = (await client.next('connack')) as { returnCode?: number }
+    t.equal(connack.returnCode, 3, 'a password token with no keys: CONNACK 3 Server unavailable')
+    t.equal((await client.closed).code, 1013, 'then 1013 try again later')
+    const metrics = await scrape(cold.adminUrl)
+    t.equal(value(metrics, 'drawbridge_auth_refusals_total', { reason: 'keys_unavailable' }), 2)
+  },
+)
+
+t.test('auth.keys files: PEM and JWK Set, reloaded on SIGHUP and on file change', async (t) => {
+  const broker = await startBroker(t, 'aedes')
+  const dir = tempDir(t, 'drawbridge-keys-')
+  const pem = join(dir, 'es.pem')
+  const set = join(dir, 'keys.json')
+  writeFileSync(pem, es.spki)
+  writeFileSync(set, JSON.stringify({ keys: [] }))
+  const gw = await startTestGateway(t, broker.port, {
+    DRAWBRIDGE_AUTH_MODE: 'jwt',
+    DRAWBRIDGE_AUTH_KEYS: `${pem},${set}`,
+    DRAWBRIDGE_AUTH_ALGORITHMS: 'ES256,RS256',
+    DRAWBRIDGE_AUTH_ISSUER: ISSUER,
+    DRAWBRIDGE_AUTH_AUDIENCE: AUDIENCE,
+  })
+  t.equal(await upgradeStatus(gw.port, await signWith(es, 'pem')), 101, 'PEM key: 101')
+  const rsToken = await signWith(rs, 'jwk')
+  t.equal(await upgradeStatus(gw.port, rsToken), 401, 'RS256 key not there yet: 401')
+  writeFileSync(set, JSON.stringify({ keys: [rs.publicJwk] }))
+  await gw.waitForLog((l) => l.msg === 'token keys loaded' && l.cause === 'file change')
+  t.equal(await upgradeStatus(gw.port, rsToken), 101, 'after the file changed: 101')
+  writeFileSync(set, 'not json')
+  gw.gateway.reload()
+  await gw.waitForLog((l) => l.msg === 'token keys not reloaded; keeping the keys loaded before')
+  t.equal(await upgradeStatus(gw.port, rsToken), 101, 'a broken file keeps the keys before')
+  writeFileSync(set, JSON.stringify({ keys: [] }))
+  gw.gateway.reload()
+  t.equal(await upgradeStatus(gw.port, rsToken), 401, 'SIGHUP reload: the key removed, 401')
+})
+
+t.test('mqtts: the CONNECT password carries the token; a forged one gets CONNACK 5', async (t) => {
+  const broker = await startBroker(t, 'aedes')
+  const jwks = await startJwksServer(t, pki, [es.publicJwk])
+  const files = writeServerFiles(t, pki)
+  const gw = await authGateway(
+    t,
+    broker.port,
+    jwks,
+    tlsEnv(files, { DRAWBRIDGE_TCP_ENABLED: 'true' }),
+  )
+  const url = `mqtts://127.0.0.1:${gw.mqttsPort ?? 0}`
+  const good = await connect(url, {
+    ca: pki.ca.cert,
+    servername: 'localhost',
+    clientId: 'tcp-1',
+    username: 'x',
+    password: await signWith(es, 'tcp-user'),
+  })
+  const line = await gw.waitForLog((l) => l.msg === 'username set from the token')
+  t.equal(line.username, 'tcp-user', 'username set from the token on mqtts')
+  t.equal(line.listener, 'mqtts')
+  await good.endAsync()
+  const err = await connect(url, {
+    ca: pki.ca.cert,
+    servername: 'localhost',
+    clientId: 'tcp-2',
+    username: 'x',
+    password: await signWith(stranger, 'forged'),
+  }).then(
+    (client) => {
+      client.end(true)
+      return undefined
+    },
+    (e: unknown) => e as { code?: number },
+  )
+  t.equal(err?.code, 5, 'a forged password token on mqtts: CONNACK 5')
+})

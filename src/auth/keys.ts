@@ -53,6 +53,8 @@ export class KeyStore {
   readonly #log: Logger
   /** From auth.keys; undefined when none are configured or none could be read yet. */
   #fileKeys: KeySet | undefined
+  /** The auth.keys without a kid (PEM files): tried for any token whose alg they fit. */
+  #kidlessKeys: KeySet | undefined
   #fileKeyCount = 0
   #secret: Uint8Array | undefined
   /** The last JWK Set fetched from auth.jwksUrl. */
@@ -89,6 +91,9 @@ export class KeyStore {
       try {
         const set: JSONWebKeySet = { keys: keys.flatMap(readKeyFile) }
         this.#fileKeys = createLocalJWKSet(set)
+        this.#kidlessKeys = createLocalJWKSet({
+          keys: set.keys.filter((key) => key.kid === undefined),
+        })
         this.#fileKeyCount = set.keys.length
         this.#log.info({ cause, keys: set.keys.length, kids: kidsOf(set) }, 'token keys loaded')
       } catch (err) {
@@ -136,7 +141,11 @@ export class KeyStore {
       }
       return this.#secret
     }
-    const fromFile = await tryKeySet(this.#fileKeys, header)
+    const fromFile =
+      (await tryKeySet(this.#fileKeys, header)) ??
+      (header.alg === undefined
+        ? undefined
+        : await tryKeySet(this.#kidlessKeys, { alg: header.alg }))
     if (fromFile !== undefined) return fromFile
     if (this.#auth.jwksUrl === '') throw this.#noKey(header)
     const cached = await tryKeySet(this.#remote, header)

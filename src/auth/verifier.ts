@@ -84,7 +84,7 @@ export class TokenVerifier {
       return fail('malformed', 'not a JWT (three base64url parts, a JSON header)')
     }
     try {
-      const { payload, protectedHeader } = await jwtVerify(token, this.#keys.keyFor, this.#options)
+      const { payload, protectedHeader } = await this.#jwtVerify(token)
       const claims = payload as Record<string, unknown>
       for (const name of [this.#auth.usernameClaim, this.#auth.clientIdPrefixClaim]) {
         if (name !== '' && (typeof claims[name] !== 'string' || claims[name] === '')) {
@@ -104,6 +104,25 @@ export class TokenVerifier {
       }
     } catch (err) {
       return { ...failureOf(err), kid }
+    }
+  }
+
+  // Several keys without a kid fit the token's alg: each is tried (jose hands them over in the
+  // error it throws).
+  async #jwtVerify(token: string): ReturnType<typeof jwtVerify> {
+    try {
+      return await jwtVerify(token, this.#keys.keyFor, this.#options)
+    } catch (err) {
+      if (!(err instanceof errors.JWKSMultipleMatchingKeys)) throw err
+      let last: unknown = err
+      for await (const key of err) {
+        try {
+          return await jwtVerify(token, key, this.#options)
+        } catch (next) {
+          last = next
+        }
+      }
+      throw last
     }
   }
 
