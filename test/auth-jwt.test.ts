@@ -9,6 +9,7 @@ import { writeFileSync } from 'node:fs'
 import net from 'node:net'
 import { join } from 'node:path'
 import mqtt, { type IClientOptions, type MqttClient } from 'mqtt'
+import mqttPacket, { type Packet } from 'mqtt-packet'
 import t from 'tap'
 import { WebSocket } from 'ws'
 import { loadConfig } from '../src/config/load.js'
@@ -32,7 +33,7 @@ import { rawRequest, upgradeRequest } from './helpers/raw.js'
 import { adminGet, scrape, value } from './helpers/scrape.js'
 import { scriptedBroker } from './helpers/scripted-broker.js'
 import { skipWithout } from './helpers/tools.js'
-import { connectPacket, openRawClient } from './helpers/wsmqtt.js'
+import { connectPacket, encode, openRawClient } from './helpers/wsmqtt.js'
 
 const pki = testPki()
 const es = await signingKey('es-1', 'ES256')
@@ -474,6 +475,9 @@ t.test(
           ...(c.password !== undefined && { password: Buffer.from(c.password) }),
         }),
       )
+      // Sent while the password is checked: held, and dropped with the CONNECT.
+      const publish = { cmd: 'publish', topic: 't', payload: Buffer.from('x') } as const
+      client.ws.send(encode({ ...publish, qos: 0, retain: false, dup: false }))
       const connack = (await client.next('connack')) as { returnCode?: number; reasonCode?: number }
       t.equal(
         c.level === 5 ? connack.reasonCode : connack.returnCode,
@@ -748,3 +752,38 @@ t.test('mqtts: the CONNECT password carries the token; a forged one gets CONNACK
   )
   t.equal(err?.code, 5, 'a forged password token on mqtts: CONNACK 5')
 })
+
+t.test(
+  'a CONNECT let in by its password reaches the broker without it, as the claimed user',
+  async (t) => {
+    const broker = await scriptedBroker(t, Buffer.from([0x20, 0x02, 0x00, 0x00]))
+    const jwks = await startJwksServer(t, pki, [es.publicJwk])
+    const gw = await authGateway(t, broker.port, jwks)
+    const token = await signWith(es, 'carol')
+    const client = await openRawClient(t, gw.url)
+    // The PINGREQ in a frame of its own, sent while the password is being checked.
+    client.ws.send(
+      connectPacket('pw-forward', { username: 'mallory', password: Buffer.from(token) }),
+    )
+    client.ws.send(encode({ cmd: 'pingreq' }))
+    const session = await broker.nextSession()
+    await client.next('connack')
+    const parser = mqttPacket.parser({ protocolVersion: 4 })
+    const packets: Packet[] = []
+    parser.on('packet', (packet: Packet) => packets.push(packet))
+    const connectSeen = new Promise<void>((resolve) => {
+      const check = (): void => {
+        parser.parse(Buffer.concat(session.received.splice(0)))
+        if (packets.some((p) => p.cmd === 'pingreq')) resolve()
+        else session.socket.once('data', () => setImmediate(check))
+      }
+      check()
+    })
+    await connectSeen
+    const connect = packets[0] as mqttPacket.IConnectPacket
+    t.equal(connect.cmd, 'connect')
+    t.equal(connect.username, 'carol', 'the username is the token sub')
+    t.equal(connect.password, undefined, 'the password (the token) is not forwarded')
+    t.equal(packets[1]?.cmd, 'pingreq', 'what followed the CONNECT was held and forwarded after it')
+  },
+)
