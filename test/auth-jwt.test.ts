@@ -787,3 +787,67 @@ t.test(
     t.equal(packets[1]?.cmd, 'pingreq', 'what followed the CONNECT was held and forwarded after it')
   },
 )
+
+t.test(
+  'upstream.connectOn=connect: the broker is dialled only once the token let the CONNECT in',
+  async (t) => {
+    const broker = await startBroker(t, 'aedes')
+    const jwks = await startJwksServer(t, pki, [es.publicJwk])
+    const gw = await authGateway(t, broker.port, jwks, {
+      DRAWBRIDGE_UPSTREAM_CONNECT_ON: 'connect',
+    })
+    const good = await connect(gw.url, { username: 'u', password: await signWith(es, 'dave') })
+    t.ok(good.connected, 'a password token in connect mode: connected')
+    const header = await connect(gw.url, {
+      wsOptions: { headers: { Authorization: `Bearer ${await signWith(es, 'erin')}` } },
+    })
+    t.ok(header.connected, 'a header token in connect mode: connected')
+    await good.endAsync()
+    await header.endAsync()
+    const dialsBefore = gw.logs.filter((l) => l.msg === 'broker connected').length
+    t.equal(dialsBefore, 2, 'one dial for each client let in')
+    const client = await openRawClient(t, gw.url)
+    client.ws.send(connectPacket('no-dial', { username: 'u', password: Buffer.from('forged') }))
+    t.equal(((await client.next('connack')) as { returnCode?: number }).returnCode, 5)
+    await client.closed
+    t.equal(
+      gw.logs.filter((l) => l.msg === 'broker connected').length,
+      dialsBefore,
+      'a refused CONNECT dials no broker',
+    )
+  },
+)
+
+t.test('auth.allowClientCert: a verified client certificate stands in for a token', async (t) => {
+  const broker = await startBroker(t, 'aedes')
+  const files = writeServerFiles(t, pki)
+  const gw = await authGateway(
+    t,
+    broker.port,
+    await startJwksServer(t, pki, [es.publicJwk]),
+    tlsEnv(files, {
+      DRAWBRIDGE_TLS_CLIENT_AUTH: 'optional',
+      DRAWBRIDGE_AUTH_ALLOW_CLIENT_CERT: 'true',
+      DRAWBRIDGE_AUTH_TOKEN_FROM: 'header',
+    }),
+  )
+  const device = await connect(gw.url, {
+    ca: pki.ca.cert,
+    cert: pki.clients.good.cert,
+    key: pki.clients.good.key,
+  })
+  t.ok(device.connected, 'a device with a certificate and no token: connected')
+  const line = await gw.waitForLog((l) => l.msg === 'token accepted' && l.source === 'certificate')
+  t.equal(line.sub, 'good-device', 'named by its certificate CN')
+  await device.endAsync()
+  const err = await connect(gw.url, { ca: pki.ca.cert }).then(
+    (client) => {
+      client.end(true)
+      return undefined
+    },
+    (e: unknown) => e as Error,
+  )
+  t.ok(err, 'no certificate and no token: refused')
+  const metrics = await scrape(gw.adminUrl)
+  t.equal(value(metrics, 'drawbridge_auth_refusals_total', { reason: 'missing' }), 1, '401 missing')
+})

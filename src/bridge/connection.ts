@@ -451,7 +451,11 @@ export class Connection implements ClientEvents, FramerEvents {
         this.tokenVerified(auth.accepted(check.token))
         this.#admitConnect(auth, connect, sent, check.token, true)
       })
-      .catch((err: unknown) => this.#dialFault(err))
+      .catch((err: unknown) => {
+        // A fault of ours (jose or a key lookup threw unexpectedly): the client is let go.
+        this.#log.error({ err }, 'token check failed')
+        this.close(CloseCode.INTERNAL_ERROR, CloseReason.upstreamError('internal'), 'gateway')
+      })
   }
 
   #admitConnect(
