@@ -454,7 +454,7 @@ export class Connection implements ClientEvents, FramerEvents {
       .catch((err: unknown) => {
         // A fault of ours (jose or a key lookup threw unexpectedly): the client is let go.
         this.#log.error({ err }, 'token check failed')
-        this.close(CloseCode.INTERNAL_ERROR, CloseReason.upstreamError('internal'), 'gateway')
+        this.close(CloseCode.INTERNAL_ERROR, 'token check failed', 'gateway')
       })
   }
 
