@@ -39,6 +39,15 @@ export type MalformedReason =
   | 'connect_utf8'
   /** CONNACK acknowledge flags with reserved bits set [MQTT-3.2.2-1]. */
   | 'connack_flags'
+  /** Topic reading on: a PUBLISH topic that runs past the packet, or is not valid UTF-8. */
+  | 'publish_topic'
+  /**
+   * Topic reading on: a SUBSCRIBE whose properties or filters run past it, with no filter
+   * [MQTT-3.8.3-3], or a filter that is not valid UTF-8.
+   */
+  | 'subscribe_payload'
+  /** Topic reading on: a SUBSCRIBE larger than the framer reads (maxSubscribeSize). */
+  | 'subscribe_too_large'
 
 /** Every MalformedReason, for a counter's bounded label set (the type below checks it is all). */
 export const MALFORMED_REASONS = [
@@ -59,6 +68,9 @@ export const MALFORMED_REASONS = [
   'connect_trailing',
   'connect_utf8',
   'connack_flags',
+  'publish_topic',
+  'subscribe_payload',
+  'subscribe_too_large',
 ] as const satisfies readonly MalformedReason[]
 
 type MissingReason = Exclude<MalformedReason, (typeof MALFORMED_REASONS)[number]>

@@ -15,6 +15,14 @@
 // of it is forwarded: a bad field anywhere in it must not reach the broker; copied only when
 // its body spans chunks, and at most maxConnectSize bytes) and the CONNACK's first two bytes.
 //
+// Topic reading (the `topics` option, client side, for auth permissions) adds two more: a
+// PUBLISH is held until its topic has been read (copied only when it spans chunks: at most
+// 65537 bytes with its length), and a SUBSCRIBE is read whole like the CONNECT (copied only
+// when it spans chunks, at most maxSubscribeSize bytes); mqttPublish and mqttSubscribe say
+// whether the packet goes on, before any byte of it is released. Without the option none of
+// this runs and nothing more is allocated: the per-packet cost below is unchanged but for one
+// test of the option.
+//
 // Cost per packet: the first byte is checked against a bit mask of the types accepted at that
 // point and, for any type but PUBLISH, a table of fixed flags (the full rules run only for
 // what the mask leaves out, i.e. errors), the 1-4 Remaining Length bytes are decoded in one
@@ -32,6 +40,7 @@ import {
   type ConnectInfo,
   type ReadFault,
 } from './connect.js'
+import { decodeTopic, readSubscribeFilters } from './topics.js'
 import {
   PACKET_NAMES,
   PacketType,
@@ -67,6 +76,24 @@ export interface FramerEvents {
   mqttConnect?(info: ConnectInfo): void
   /** The broker's CONNACK (its first two bytes) was read (broker-side framer). */
   mqttConnack?(info: ConnackInfo): void
+  /**
+   * Topic reading: a PUBLISH's topic name was read ('' when an MQTT 5 client publishes by Topic
+   * Alias); none of the packet is released yet. Return false to refuse it: push() stops before
+   * it, with no error.
+   */
+  mqttPublish?(topic: string): boolean
+  /** Topic reading: a SUBSCRIBE was read whole; its filters in order. False refuses it. */
+  mqttSubscribe?(filters: readonly string[]): boolean
+}
+
+/** The `topics` option: read PUBLISH topics and SUBSCRIBE filters (client side). */
+export interface TopicReading {
+  /**
+   * The largest SUBSCRIBE, in bytes with its fixed header, the framer reads before forwarding;
+   * a larger one is malformed (subscribe_too_large). An owner that refuses packets over a size
+   * in mqttPacket (mqtt.maxPacketSize) passes that size.
+   */
+  maxSubscribeSize: number
 }
 
 export interface FramerOptions {
@@ -75,6 +102,8 @@ export interface FramerOptions {
   events?: FramerEvents
   /** The largest CONNECT, in bytes with its fixed header, the framer reads before forwarding. */
   maxConnectSize?: number
+  /** Client side: read PUBLISH topics and SUBSCRIBE filters (mqttPublish, mqttSubscribe). */
+  topics?: TopicReading
   /**
    * Broker side: the level the client's CONNECT named, when known at construction; else see
    * setLevel() and MqttFramer.pair(). Ignored on the client side, where the CONNECT says it.
@@ -86,6 +115,8 @@ export interface PairOptions {
   client?: FramerEvents
   broker?: FramerEvents
   maxConnectSize?: number
+  /** The client-side framer's topic reading. */
+  topics?: TopicReading
 }
 
 /** Both directions of one connection; the client one tells the broker one the CONNECT's level. */
@@ -122,8 +153,9 @@ export interface FramerResult {
 const START = 0 // the first byte of a packet
 const LENGTH = 1 // a Remaining Length byte
 const BODY = 2 // a byte to count down, past the judged header
-const CONNECT_BODY = 3 // a CONNECT byte, copied (the CONNECT spans chunks)
+const WHOLE_BODY = 3 // a CONNECT (or, reading topics, SUBSCRIBE) byte, copied: it spans chunks
 const CONNACK_BODY = 4 // one of the CONNACK's acknowledge flags and code
+const PUBLISH_TOPIC = 5 // reading topics: a byte of a PUBLISH's topic length or topic
 
 /** What the Remaining Length byte at each position (0-3) is worth: 128 to its position. */
 const DIGIT_WEIGHT = [1, 128, 128 * 128, 128 * 128 * 128] as const
@@ -132,6 +164,7 @@ export class MqttFramer {
   readonly sender: Sender
   readonly #events: FramerEvents | undefined
   readonly #maxConnectSize: number
+  readonly #topics: TopicReading | undefined
   #level: ProtocolLevel | 0
   #rules: LevelRules
   /**
@@ -161,9 +194,15 @@ export class MqttFramer {
   #left = 0
   /** Bytes of the current packet from earlier chunks, not yet released (its header, #connect). */
   #held = 0
-  /** A CONNECT being gathered across chunks. */
-  #connect: Buffer | undefined
-  #connectFill = 0
+  /** A CONNECT (or SUBSCRIBE) being gathered across chunks. */
+  #whole: Buffer | undefined
+  #wholeFill = 0
+  // Reading topics, a PUBLISH's topic: its length's first byte and the length (-1 until read),
+  // and the topic's bytes, copied only when they span chunks.
+  #topicHigh = -1
+  #topicLength = -1
+  #topic: Buffer | undefined
+  #topicFill = 0
   /** The stream offset of the chunk being pushed, and of the current packet's first byte. */
   #position = 0
   #packetStart = 0
@@ -178,6 +217,14 @@ export class MqttFramer {
     this.sender = options.from
     this.#events = options.events
     this.#maxConnectSize = maxConnectSize
+    if (options.topics !== undefined) {
+      const max = options.topics.maxSubscribeSize
+      if (options.from !== 'client') throw new TypeError('topics are read on the client side')
+      if (!Number.isInteger(max) || max < 7) {
+        throw new RangeError(`maxSubscribeSize must be an integer >= 7, got ${max}`)
+      }
+    }
+    this.#topics = options.topics
     this.#level = options.from === 'broker' ? (options.level ?? 0) : 0
     this.#rules = rulesFor(this.#level)
     this.#updateAccepted()
@@ -193,6 +240,7 @@ export class MqttFramer {
       from: 'client',
       ...(options.client && { events: options.client }),
       ...(options.maxConnectSize !== undefined && { maxConnectSize: options.maxConnectSize }),
+      ...(options.topics !== undefined && { topics: options.topics }),
     })
     fromClient.#peer = fromBroker
     return { fromClient, fromBroker }
@@ -215,7 +263,10 @@ export class MqttFramer {
     this.#updateAccepted()
   }
 
-  /** Bytes the framer holds of a packet not yet judged (at most 6 past the CONNECT). */
+  /**
+   * Bytes the framer holds of a packet not yet judged: at most 6 past the CONNECT, unless it
+   * reads topics (then up to a PUBLISH's topic, or a SUBSCRIBE).
+   */
   get buffered(): number {
     return this.#held
   }
@@ -320,23 +371,32 @@ export class MqttFramer {
         if (events?.mqttPacket?.(this.#type as PacketTypeValue, this.#flags, size) === false) {
           return this.#stop(undefined, released, safe)
         }
-        if (this.#type === PacketType.CONNECT) {
+        const type = this.#type
+        if (
+          type === PacketType.CONNECT ||
+          (type === PacketType.SUBSCRIBE && this.#topics !== undefined)
+        ) {
           if (n - i >= length) {
-            // The CONNECT's body is all in this chunk: read it where it is.
+            // The body is all in this chunk: read it where it is.
             const end = i + length
-            const connectFault = this.#readConnect(chunk, i, end)
-            if (connectFault !== undefined) return this.#stop(connectFault, released, safe)
+            const wholeFault = this.#readWhole(chunk, i, end)
+            if (wholeFault !== undefined)
+              return this.#stop(wholeFault === false ? undefined : wholeFault, released, safe)
             released ??= this.#releaseHeld()
             i = end
             safe = i
             this.#state = START
           } else {
-            const connect = Buffer.allocUnsafe(size)
-            this.#writeHeader(connect, this.#headerSize)
-            this.#connect = connect
-            this.#connectFill = this.#headerSize
-            this.#state = CONNECT_BODY
+            const whole = Buffer.allocUnsafe(size)
+            this.#writeHeader(whole, this.#headerSize)
+            this.#whole = whole
+            this.#wholeFill = this.#headerSize
+            this.#state = WHOLE_BODY
           }
+        } else if (type === PacketType.PUBLISH && this.#topics !== undefined) {
+          this.#topicHigh = -1
+          this.#topicLength = -1
+          this.#state = PUBLISH_TOPIC
         } else if (this.#type === PacketType.CONNACK) {
           // At least 2 bytes follow: every level's minimum length for a CONNACK (packet.ts).
           this.#connackFlags = -1
@@ -356,21 +416,74 @@ export class MqttFramer {
         }
         continue
       }
-      if (state === CONNECT_BODY) {
-        const connect = this.#connect as Buffer // set with the state
-        const take = Math.min(n - i, connect.length - this.#connectFill)
-        chunk.copy(connect, this.#connectFill, i, i + take)
-        this.#connectFill += take
+      if (state === WHOLE_BODY) {
+        const whole = this.#whole as Buffer // set with the state
+        const take = Math.min(n - i, whole.length - this.#wholeFill)
+        chunk.copy(whole, this.#wholeFill, i, i + take)
+        this.#wholeFill += take
         i += take
-        if (this.#connectFill < connect.length) break
-        const fault = this.#readConnect(connect, this.#headerSize, connect.length)
-        if (fault !== undefined) return this.#stop(fault, released, safe)
+        if (this.#wholeFill < whole.length) break
+        const fault = this.#readWhole(whole, this.#headerSize, whole.length)
+        if (fault !== undefined)
+          return this.#stop(fault === false ? undefined : fault, released, safe)
         // The copy of the earlier chunks' bytes is handed over; the framer keeps no reference.
-        released = this.#held === 0 ? undefined : connect.subarray(0, this.#held)
+        released = this.#held === 0 ? undefined : whole.subarray(0, this.#held)
         this.#held = 0
-        this.#connect = undefined
+        this.#whole = undefined
         safe = i
         this.#state = START
+        continue
+      }
+      if (state === PUBLISH_TOPIC) {
+        if (this.#topicLength === -1) {
+          // The topic's length, two bytes that may straddle chunks.
+          if (this.#topicHigh === -1) {
+            this.#topicHigh = chunk[i++] as number // i < n
+            if (i === n) break
+          }
+          const topicLength = (this.#topicHigh << 8) | (chunk[i++] as number) // i < n
+          this.#topicLength = topicLength
+          // The topic and, at QoS 1 and 2, the packet identifier must fit [MQTT-3.3.2-1].
+          const after = (this.#flags & 0x06) === 0 ? 0 : 2
+          if (2 + topicLength + after > this.#length) {
+            return this.#stop(
+              this.#malformed(
+                'publish_topic',
+                `a PUBLISH topic of ${topicLength} bytes runs past its remaining length`,
+              ),
+              released,
+              safe,
+            )
+          }
+          this.#topic = undefined
+          this.#topicFill = 0
+        }
+        const topicLength = this.#topicLength
+        let topic: string | ReadFault
+        if (this.#topic === undefined && n - i >= topicLength) {
+          // The topic is all in this chunk (nearly always): read it where it is.
+          topic = decodeTopic(chunk, i, i + topicLength)
+          i += topicLength
+        } else {
+          const copy = (this.#topic ??= Buffer.allocUnsafe(topicLength))
+          const take = Math.min(n - i, topicLength - this.#topicFill)
+          chunk.copy(copy, this.#topicFill, i, i + take)
+          this.#topicFill += take
+          i += take
+          if (this.#topicFill < topicLength) break
+          topic = decodeTopic(copy, 0, topicLength)
+        }
+        if (typeof topic !== 'string') {
+          return this.#stop(this.#malformed(topic.reason, topic.detail), released, safe)
+        }
+        if (this.#events?.mqttPublish?.(topic) === false) {
+          return this.#stop(undefined, released, safe)
+        }
+        released ??= this.#releaseHeld()
+        this.#topic = undefined
+        safe = i
+        this.#left = this.#length - 2 - topicLength
+        this.#state = this.#left === 0 ? START : BODY
         continue
       }
       // CONNACK_BODY: the CONNACK's acknowledge flags and code.
@@ -402,7 +515,7 @@ export class MqttFramer {
       this.#state = this.#left === 0 ? START : BODY
     }
     // What follows `safe` is the start of a packet not judged yet, kept as it was read (as
-    // numbers, or copied into #connect): hold it for a later push.
+    // numbers, or copied into #whole or #topic): hold it for a later push.
     this.#held += n - safe
     this.#position += n
     return { released, forward: safe, stopped: false, error: undefined }
@@ -491,7 +604,26 @@ export class MqttFramer {
         `a CONNECT of ${this.#headerSize + length} bytes, over the ${this.#maxConnectSize} read`,
       )
     }
+    if (
+      type === PacketType.SUBSCRIBE &&
+      this.#topics !== undefined &&
+      this.#headerSize + length > this.#topics.maxSubscribeSize
+    ) {
+      return this.#malformed(
+        'subscribe_too_large',
+        `a SUBSCRIBE of ${this.#headerSize + length} bytes, over the ${this.#topics.maxSubscribeSize} read`,
+      )
+    }
     return undefined
+  }
+
+  // A CONNECT or (reading topics) SUBSCRIBE whose body is buf[start, end): the error, false
+  // when mqttSubscribe refused it, or undefined when it goes on.
+  #readWhole(buf: Buffer, start: number, end: number): MqttMalformedError | false | undefined {
+    if (this.#type === PacketType.CONNECT) return this.#readConnect(buf, start, end)
+    const filters = readSubscribeFilters(buf, start, end, this.#level)
+    if (!Array.isArray(filters)) return this.#malformed(filters.reason, filters.detail)
+    return this.#events?.mqttSubscribe?.(filters) === false ? false : undefined
   }
 
   #readConnect(buf: Buffer, start: number, end: number): MqttMalformedError | undefined {
@@ -507,13 +639,25 @@ export class MqttFramer {
   }
 
   // The bytes of the current packet held from earlier chunks (its header, and perhaps the
-  // CONNACK's flags), now judged, told again from the numbers they were read into.
+  // CONNACK's flags, or a PUBLISH's topic length and topic), now judged, told again from the
+  // numbers they were read into (and the topic's copy).
   #releaseHeld(): Buffer | undefined {
     const held = this.#held
     if (held === 0) return undefined
     const out = Buffer.allocUnsafe(held)
-    this.#writeHeader(out, Math.min(held, this.#headerSize))
-    if (held > this.#headerSize) out[this.#headerSize] = this.#connackFlags
+    const header = this.#headerSize
+    this.#writeHeader(out, Math.min(held, header))
+    if (held > header) {
+      if (this.#type === PacketType.CONNACK) {
+        out[header] = this.#connackFlags
+      } else {
+        // A PUBLISH, reading topics: held bytes past the header are its topic's length and
+        // the topic's first bytes (the length is known once a byte after it is held).
+        out[header] = this.#topicHigh
+        if (held > header + 1) out[header + 1] = this.#topicLength & 0xff
+        if (held > header + 2) (this.#topic as Buffer).copy(out, header + 2, 0, held - header - 2)
+      }
+    }
     this.#held = 0
     return out
   }
@@ -540,8 +684,9 @@ export class MqttFramer {
     this.#error = error
     this.#held = 0
     // A CONNECT copy may hold a password; it goes nowhere now, so do not leave it in the heap.
-    this.#connect?.fill(0)
-    this.#connect = undefined
+    this.#whole?.fill(0)
+    this.#whole = undefined
+    this.#topic = undefined
     return { released, forward: safe, stopped: true, error }
   }
 
