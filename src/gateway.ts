@@ -154,6 +154,9 @@ export async function startGateway(config: Config, deps: GatewayDeps): Promise<G
     ? new TokenSessions({ connections, clockTolerance: config.auth.clockTolerance, log })
     : undefined
   await auth?.keys.start()
+  // auth.permissionsClaim: load checked that it comes with mqtt.inspect.
+  const permissions =
+    config.auth.permissionsClaim === '' ? undefined : { claim: config.auth.permissionsClaim }
   const edge = new EdgeServer({
     listen: config.listen,
     ws: config.ws,
@@ -161,6 +164,7 @@ export async function startGateway(config: Config, deps: GatewayDeps): Promise<G
     limits: config.limits,
     mqtt: config.mqtt,
     identity,
+    permissions,
     upstream: config.upstream,
     connections,
     connector,
@@ -192,6 +196,7 @@ export async function startGateway(config: Config, deps: GatewayDeps): Promise<G
         highWaterMark: config.limits.highWaterMark,
         mqtt: config.mqtt,
         identity,
+        permissions,
         upstream: config.upstream,
         proxyProtocol: config.listen.proxyProtocol,
         proxyProtocolFrom: config.listen.proxyProtocolFrom,

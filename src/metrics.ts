@@ -95,13 +95,22 @@ const MQTT5_CONNACK_CODES = new Set([
  * answered with a CONNACK "Server unavailable": no broker accepted, or one did not answer.
  */
 export type MqttRefusalReason =
-  'connect_timeout' | 'packet_too_large' | 'upstream_refused' | 'upstream_timeout'
+  | 'connect_timeout'
+  | 'packet_too_large'
+  | 'upstream_refused'
+  | 'upstream_timeout'
+  | 'publish_denied'
+  | 'subscribe_denied'
+  | 'bad_permissions'
 
 const MQTT_REFUSAL_REASONS = [
   'connect_timeout',
   'packet_too_large',
   'upstream_refused',
   'upstream_timeout',
+  'publish_denied',
+  'subscribe_denied',
+  'bad_permissions',
 ] as const satisfies readonly MqttRefusalReason[]
 
 /** The plain-number counters a live connection keeps; read at scrape time only. */
@@ -413,7 +422,7 @@ export class Metrics {
     }
     this.#mqttRefusals = new Counter({
       name: name(METRIC.mqttRefusals),
-      help: 'Connections closed by an MQTT guard (mqtt.inspect), by reason (connect_timeout: no CONNECT within mqtt.connectTimeout, closed 1008; packet_too_large: a client packet over mqtt.maxPacketSize, closed 1009), or, with upstream.connectOn=connect, answered CONNACK Server unavailable and closed 1013 (upstream_refused: no broker accepted; upstream_timeout: one did not answer in upstream.connectTimeout).',
+      help: 'Connections closed by an MQTT guard (mqtt.inspect), by reason (connect_timeout: no CONNECT within mqtt.connectTimeout, closed 1008; packet_too_large: a client packet over mqtt.maxPacketSize, closed 1009), or, with upstream.connectOn=connect, answered CONNACK Server unavailable and closed 1013 (upstream_refused: no broker accepted; upstream_timeout: one did not answer in upstream.connectTimeout); with auth.permissionsClaim, closed 1008 (publish_denied, subscribe_denied: a PUBLISH or SUBSCRIBE outside the token grants, not forwarded; bad_permissions: the claim is malformed).',
       labelNames: ['reason'],
       registers,
     })

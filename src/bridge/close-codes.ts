@@ -62,6 +62,13 @@ export const CloseReason = {
   /** No broker for the held CONNECT (TRY_AGAIN_LATER), after the CONNACK that says why. */
   tryAgainLater: 'try again later',
   malformed: (message: string): string => fitCloseReason(message),
+  /**
+   * auth.permissionsClaim: a PUBLISH or SUBSCRIBE outside the token's grants, never forwarded
+   * (POLICY_VIOLATION): `publish to "a/b" not permitted`, cut to fit.
+   */
+  topicDenied: (text: string): string => fitCloseReason(text),
+  /** auth.permissionsClaim: the token's claim is not a permissions object (POLICY_VIOLATION). */
+  badPermissions: 'token permissions claim is malformed',
 } as const
 
 /** RFC 6455 5.5: a control frame's payload is at most 125 bytes, 2 of them the code. */

@@ -22,6 +22,7 @@
 //   broker socket stops reading until the buffer is down to about half the mark.
 import type { Socket } from 'node:net'
 import { performance } from 'node:perf_hooks'
+import type { VerifiedToken } from '../auth/token.js'
 import type { Affinity, IdentityFrom } from '../config/schema.js'
 import type { UpstreamError } from '../errors.js'
 import type { Logger } from '../log.js'
@@ -35,7 +36,6 @@ import type { PacketTypeValue, ProtocolLevel } from '../mqtt/packet.js'
 import { brokerOrder } from '../upstream/affinity.js'
 import type { BrokerConnector, ClientConnectOutcome, Upstream } from '../upstream/connector.js'
 import type { ProxyClient } from '../upstream/proxy-header.js'
-import type { VerifiedToken } from '../auth/token.js'
 import type { TokenFailure } from '../auth/verifier.js'
 import type { ClientEvents, ClientSide } from './client-side.js'
 import {
@@ -52,6 +52,7 @@ import {
   type Initiator,
 } from './close-codes.js'
 import { Goodbyes, type Goodbye } from './goodbyes.js'
+import { TopicGuard, type PermissionsPolicy, type TopicRefusal } from './topic-guard.js'
 
 /** How long one side may stay half-open after the other closed before it is destroyed. */
 export const HALF_OPEN_TIMEOUT_MS = 2_000
@@ -155,6 +156,8 @@ export interface ConnectionOptions {
   mqtt: MqttInspection
   /** Set when tls.identityAs=username (needs mqtt.inspect), else undefined. */
   identity?: IdentityRewrite | undefined
+  /** auth.permissionsClaim, when set (needs mqtt.inspect): topics are judged by the token. */
+  permissions?: PermissionsPolicy | undefined
   /** Set in connect mode (the connections come without a broker socket), else undefined. */
   dial: BrokerDial | undefined
   /**
@@ -295,6 +298,12 @@ export class Connection implements ClientEvents, FramerEvents {
   /** A goodbye waiting for the broker stream to reach a packet boundary (see goodbye()). */
   #awaitedGoodbye: Goodbye | undefined
   #goodbyeTimer: NodeJS.Timeout | undefined
+  /** auth.permissionsClaim: the token's grants, asked per PUBLISH and SUBSCRIBE. */
+  readonly #guard: TopicGuard | undefined
+  /** The PUBLISH or SUBSCRIBE the guard refused (the framer stopped before it). */
+  #topicRefusal: TopicRefusal | undefined
+  /** The token's subject, for the refusal log lines. */
+  #subject: string | undefined
 
   /** `upstream` is the broker the admission connected; undefined in connect mode. */
   constructor(
@@ -321,7 +330,13 @@ export class Connection implements ClientEvents, FramerEvents {
     this.#options = options
     this.#log = options.log.child({ conn: this.id, listener: this.listener })
     if (options.mqtt.inspect) {
-      const framers = MqttFramer.pair({ client: this, broker: new BrokerFramerEvents(this) })
+      if (options.permissions !== undefined) this.#guard = new TopicGuard(options.permissions)
+      const framers = MqttFramer.pair({
+        client: this,
+        broker: new BrokerFramerEvents(this),
+        // Permissions read topics; a SUBSCRIBE is read whole, up to the size mqttPacket allows.
+        ...(this.#guard && { topics: { maxSubscribeSize: options.mqtt.maxPacketSize } }),
+      })
       this.#fromClient = framers.fromClient
       this.#fromBroker = framers.fromBroker
     }
@@ -341,6 +356,24 @@ export class Connection implements ClientEvents, FramerEvents {
       },
       'connection opened',
     )
+    if (info.token !== undefined) this.applyTokenPermissions(info.token)
+  }
+
+  /**
+   * auth.permissionsClaim: the grants of the token the client was let in with, from accept or
+   * once its CONNECT password was checked. A claim that cannot be read closes the connection.
+   */
+  applyTokenPermissions(token: VerifiedToken): void {
+    this.#subject = token.subject
+    const refused = this.#guard?.setToken(token)
+    if (refused === undefined) return
+    this.#log.warn(
+      { subject: token.subject, tokenId: token.id, err: refused.fault },
+      'token permissions claim is malformed; closing',
+    )
+    this.#options.metrics.mqttRefused('bad_permissions')
+    this.goodbye(refused.goodbye)
+    this.#upstream?.destroy()
   }
 
   /**
@@ -383,6 +416,17 @@ export class Connection implements ClientEvents, FramerEvents {
     return false
   }
 
+  /** Topic reading (auth.permissionsClaim): false stops the framer before the PUBLISH. */
+  mqttPublish(topic: string): boolean {
+    this.#topicRefusal = this.#guard?.publish(topic, this.#fromClient?.level ?? 0)
+    return this.#topicRefusal === undefined
+  }
+
+  mqttSubscribe(filters: readonly string[]): boolean {
+    this.#topicRefusal = this.#guard?.subscribe(filters)
+    return this.#topicRefusal === undefined
+  }
+
   mqttConnect(sent: ConnectInfo): void {
     this.#connectRead = true
     // Every line from here on names the client: refusals and closes included.
@@ -422,6 +466,7 @@ export class Connection implements ClientEvents, FramerEvents {
   /** A CONNECT password token has passed: the connection now carries it. */
   tokenVerified(token: VerifiedToken): void {
     this.token = token
+    this.applyTokenPermissions(token)
   }
 
   // auth.mode=jwt, the CONNECT just read (everything after it is held meanwhile): the token it
@@ -449,6 +494,8 @@ export class Connection implements ClientEvents, FramerEvents {
           return
         }
         this.tokenVerified(auth.accepted(check.token))
+        // A permissions claim that cannot be read closed the connection: nothing goes on.
+        if (this.closing) return
         this.#admitConnect(auth, connect, sent, check.token, true)
       })
       .catch((err: unknown) => {
@@ -744,6 +791,7 @@ export class Connection implements ClientEvents, FramerEvents {
     this.#inspectStopped = true
     if (error === undefined) {
       if (this.#refusedSize > 0) this.#packetTooLarge()
+      else if (this.#topicRefusal !== undefined) this.#topicDenied(this.#topicRefusal)
       return
     }
     this.#malformed(error)
@@ -766,6 +814,16 @@ export class Connection implements ClientEvents, FramerEvents {
     )
     this.#options.metrics.mqttRefused('packet_too_large')
     this.goodbye(Goodbyes.packetTooLarge)
+  }
+
+  // auth.permissionsClaim: nothing of the packet was forwarded; the client is told which topic.
+  #topicDenied(refusal: TopicRefusal): void {
+    this.#log.warn(
+      { [refusal.kind === 'publish' ? 'topic' : 'filter']: refusal.topic, subject: this.#subject },
+      `${refusal.kind === 'publish' ? 'PUBLISH' : 'SUBSCRIBE'} not permitted by the token; closing`,
+    )
+    this.#options.metrics.mqttRefused(refusal.reason)
+    this.goodbye(refusal.goodbye)
   }
 
   #malformed(error: MqttMalformedError): void {

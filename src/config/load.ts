@@ -151,6 +151,7 @@ function checkCrossKeyRules(config: Config): void {
   checkTlsRules(config)
   checkIdentityRules(config)
   checkAuthRules(config)
+  checkPermissionsRules(config)
   checkShutdownRules(config)
 }
 
@@ -317,6 +318,22 @@ function checkIdentityRules({ tls, mqtt }: Config): void {
     throw new ConfigError(
       'tls.identityAs',
       'username needs tls.clientAuth=optional or required (with none no certificate is asked for)',
+    )
+  }
+}
+
+// The grants are applied to the topics the framer reads: without it nothing could be judged.
+function checkPermissionsRules({ auth, mqtt }: Config): void {
+  if (auth.permissionsClaim !== '' && auth.mode !== 'jwt') {
+    throw new ConfigError(
+      'auth.permissionsClaim',
+      'needs auth.mode=jwt (the grants come from the token; without one nothing is granted)',
+    )
+  }
+  if (auth.permissionsClaim !== '' && !mqtt.inspect) {
+    throw new ConfigError(
+      'auth.permissionsClaim',
+      'needs mqtt.inspect=true (PUBLISH topics and SUBSCRIBE filters are read by the framer)',
     )
   }
 }

@@ -350,6 +350,12 @@ export const schema = {
       default: '',
       env: 'DRAWBRIDGE_AUTH_CLIENT_ID_PREFIX_CLAIM',
     },
+    permissionsClaim: {
+      doc: 'The token claim that grants topics, e.g. mqtt holding {"publish": [...], "subscribe": [...]}: MQTT topic filters, {sub} standing for the subject. A PUBLISH to a topic no publish filter matches, or a SUBSCRIBE to a filter not wholly inside the subscribe filters, is never forwarded: an MQTT 5 client is sent DISCONNECT 0x87 naming the topic, then every client is closed with 1008. A token without the claim is granted nothing; a malformed claim closes the connection. Empty: off. Needs auth.mode=jwt and mqtt.inspect.',
+      format: 'optional-string',
+      default: '',
+      env: 'DRAWBRIDGE_AUTH_PERMISSIONS_CLAIM',
+    },
   },
   http: {
     diagnostics: {
@@ -641,4 +647,5 @@ export interface AuthConfig {
   allowClientCert: boolean
   usernameClaim: string
   clientIdPrefixClaim: string
+  permissionsClaim: string
 }

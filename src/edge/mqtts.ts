@@ -8,6 +8,7 @@ import { randomBytes } from 'node:crypto'
 import type { AddressInfo } from 'node:net'
 import tls from 'node:tls'
 import { Connection, type ConnectionOptions, type IdentityRewrite } from '../bridge/connection.js'
+import type { PermissionsPolicy } from '../bridge/topic-guard.js'
 import type { ConnectionRegistry, ShutdownPolicy } from '../bridge/registry.js'
 import { StreamClient } from '../bridge/stream-client.js'
 import type { EdgeAuth } from '../auth/gate.js'
@@ -36,6 +37,8 @@ export interface MqttsOptions {
   mqtt: Config['mqtt']
   /** tls.identityAs=username (with tls.identityFrom); undefined: usernames go on unchanged. */
   identity?: IdentityRewrite | undefined
+  /** auth.permissionsClaim, when set; undefined: topics are not judged. */
+  permissions?: PermissionsPolicy | undefined
   /** upstream.connectOn and upstream.affinity: when and where the broker is dialled. */
   upstream: Pick<Config['upstream'], 'connectOn' | 'affinity'>
   /** listen.proxyProtocol and listen.proxyProtocolFrom: a balancer's PROXY header, before TLS. */
@@ -97,6 +100,7 @@ export class MqttsListener {
       highWaterMark: options.highWaterMark,
       mqtt: options.mqtt,
       identity: options.identity,
+      permissions: options.permissions,
       dial: connectDial(options.upstream, options.connector),
       auth: options.auth,
       metrics: options.metrics,

@@ -15,6 +15,7 @@ import {
   type ConnectionOptions,
   type IdentityRewrite,
 } from '../bridge/connection.js'
+import type { PermissionsPolicy } from '../bridge/topic-guard.js'
 import type { ConnectionRegistry, ShutdownPolicy } from '../bridge/registry.js'
 import { WebSocketClient } from '../bridge/websocket-client.js'
 import type { EdgeAuth } from '../auth/gate.js'
@@ -58,6 +59,8 @@ export interface EdgeOptions {
   mqtt: Config['mqtt']
   /** tls.identityAs=username (with tls.identityFrom); undefined: usernames go on unchanged. */
   identity?: IdentityRewrite | undefined
+  /** auth.permissionsClaim, when set; undefined: topics are not judged. */
+  permissions?: PermissionsPolicy | undefined
   /** upstream.connectOn and upstream.affinity: when and where the broker is dialled. */
   upstream: Pick<Config['upstream'], 'connectOn' | 'affinity'>
   /** The connections of every listener; this one adds its own. */
@@ -144,6 +147,7 @@ export class EdgeServer {
       highWaterMark: options.limits.highWaterMark,
       mqtt: options.mqtt,
       identity: options.identity,
+      permissions: options.permissions,
       dial: connectDial(options.upstream, options.connector),
       auth: options.auth,
       metrics: options.metrics,
