@@ -8,6 +8,7 @@
 // verification (auth.mode=jwt) is built on another branch; once it is on main these tests
 // also run with signed tokens through it.
 import { connectAsync, type IDisconnectPacket, type MqttClient } from 'mqtt'
+import type mqttPacket from 'mqtt-packet'
 import t from 'tap'
 import type { VerifiedToken } from '../src/auth/token.js'
 import { loadConfig } from '../src/config/load.js'
@@ -256,3 +257,28 @@ t.test(
     t.equal(gw.gateway.connections.size, 1, 'still open')
   },
 )
+
+for (const level of [4, 5] as const) {
+  t.test(`MQTT ${level}: a will the grants do not allow refuses the CONNECT`, async (t) => {
+    const broker = await scriptedBroker(t)
+    const gw = await startTestGateway(t, broker.port, CLAIM)
+    const client = await openRawClient(t, gw.url, 'mqtt', { protocolVersion: level })
+    grant(gw, { mqtt: GRANTS })
+    client.ws.send(
+      connectPacket('willing', {
+        protocolVersion: level,
+        will: { topic: 'users/bob/out', payload: Buffer.from('bye'), qos: 0, retain: false },
+      }),
+    )
+    const connack = (await client.next('connack')) as mqttPacket.IConnackPacket
+    if (level === 5) {
+      t.equal(connack.reasonCode, 0x87, 'CONNACK Not authorized')
+      t.equal(connack.properties?.reasonString, 'will on "users/bob/out" not permitted')
+    } else t.equal(connack.returnCode, 5, 'CONNACK 5 Not authorized')
+    t.same(await client.closed, { code: 1008, reason: 'will on "users/bob/out" not permitted' })
+    const closed = await gw.waitForLog((l) => l.msg === 'connection closed')
+    t.equal(closed.bytesToBroker, 0, 'the CONNECT never reached the broker')
+    const s = await scrape(gw.adminUrl)
+    t.equal(value(s, REFUSALS, { reason: 'publish_denied' }), 1)
+  })
+}

@@ -294,3 +294,40 @@ t.test('malformed topics and filters stop the framer with their reason', async (
     }
   }
 })
+
+t.test(
+  "the CONNECT's will topic is reported, and a refusal stops before the CONNECT",
+  async (t) => {
+    const withWill = encode(
+      {
+        ...connect(4),
+        will: { topic: 'last/words', payload: Buffer.from('bye'), qos: 0, retain: false },
+      } as Packet,
+      4,
+    )
+    for (const allow of [true, false]) {
+      for (const cut of [0, 5, withWill.length - 1]) {
+        const wills: string[] = []
+        const framer = new MqttFramer({
+          from: 'client',
+          topics: TOPICS,
+          events: { mqttWill: (topic) => (wills.push(topic), allow) },
+        })
+        const parts = cut === 0 ? [withWill] : [withWill.subarray(0, cut), withWill.subarray(cut)]
+        let forwarded = 0
+        for (const part of parts) {
+          const result = framer.push(part)
+          forwarded += (result.released?.length ?? 0) + result.forward
+        }
+        t.same(wills, ['last/words'])
+        t.equal(forwarded, allow ? withWill.length : 0, `allowed ${allow}, cut at ${cut}`)
+        t.equal(framer.stopped, !allow)
+        t.equal(framer.error, undefined)
+      }
+    }
+    let called = false
+    const plain = new MqttFramer({ from: 'client', events: { mqttWill: () => (called = true) } })
+    t.equal(plain.push(withWill).forward, withWill.length)
+    t.notOk(called, 'not without topic reading')
+  },
+)

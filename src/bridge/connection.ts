@@ -27,7 +27,11 @@ import type { Affinity, IdentityFrom } from '../config/schema.js'
 import type { UpstreamError } from '../errors.js'
 import type { Logger } from '../log.js'
 import type { Metrics } from '../metrics.js'
-import { serverUnavailableCode, serverUnavailableConnack } from '../mqtt/connack.js'
+import {
+  notAuthorizedConnack,
+  serverUnavailableCode,
+  serverUnavailableConnack,
+} from '../mqtt/connack.js'
 import type { ConnackInfo, ConnectInfo } from '../mqtt/connect.js'
 import { MqttFramer, type FramerEvents, type FramerResult } from '../mqtt/framer.js'
 import { certificateIdentity, connectPassword, rewriteConnectUsername } from '../mqtt/identity.js'
@@ -304,6 +308,8 @@ export class Connection implements ClientEvents, FramerEvents {
   #topicRefusal: TopicRefusal | undefined
   /** The token's subject, for the refusal log lines. */
   #subject: string | undefined
+  /** The CONNECT's will, read before the token was known: judged once it is. */
+  #pendingWill: { topic: string; level: ProtocolLevel } | undefined
 
   /** `upstream` is the broker the admission connected; undefined in connect mode. */
   constructor(
@@ -361,12 +367,21 @@ export class Connection implements ClientEvents, FramerEvents {
 
   /**
    * auth.permissionsClaim: the grants of the token the client was let in with, from accept or
-   * once its CONNECT password was checked. A claim that cannot be read closes the connection.
+   * once its CONNECT password was checked. A claim that cannot be read closes the connection,
+   * as does a will the grants do not allow; when the token came in the CONNECT, the CONNECT
+   * must still be held (not forwarded) when this is called, since its will is judged here.
    */
   applyTokenPermissions(token: VerifiedToken): void {
     this.#subject = token.subject
-    const refused = this.#guard?.setToken(token)
-    if (refused === undefined) return
+    const guard = this.#guard
+    const refused = guard?.setToken(token)
+    if (refused === undefined) {
+      const will = this.#pendingWill
+      this.#pendingWill = undefined
+      const willRefused = will && guard?.will(will.topic, will.level)
+      if (willRefused) this.#topicDenied(willRefused)
+      return
+    }
     this.#log.warn(
       { subject: token.subject, tokenId: token.id, err: refused.fault },
       'token permissions claim is malformed; closing',
@@ -424,6 +439,20 @@ export class Connection implements ClientEvents, FramerEvents {
 
   mqttSubscribe(filters: readonly string[]): boolean {
     this.#topicRefusal = this.#guard?.subscribe(filters)
+    return this.#topicRefusal === undefined
+  }
+
+  // A will is a PUBLISH the broker makes for the client later, so it is judged as one: now when
+  // the token is known, else once it is (applyTokenPermissions). Right after mqttConnect.
+  mqttWill(topic: string): boolean {
+    const guard = this.#guard
+    const level = this.#fromClient?.level ?? 0
+    if (guard === undefined || level === 0) return true
+    if (!guard.known) {
+      this.#pendingWill = { topic, level }
+      return true
+    }
+    this.#topicRefusal = guard.will(topic, level)
     return this.#topicRefusal === undefined
   }
 
@@ -816,14 +845,22 @@ export class Connection implements ClientEvents, FramerEvents {
     this.goodbye(Goodbyes.packetTooLarge)
   }
 
-  // auth.permissionsClaim: nothing of the packet was forwarded; the client is told which topic.
+  // auth.permissionsClaim: nothing of the packet was forwarded; the client is told which topic
+  // (a refused will, in a CONNACK: nothing may come before it [MQTT-3.2.0-1]).
   #topicDenied(refusal: TopicRefusal): void {
+    const { kind, topic, goodbye } = refusal
     this.#log.warn(
-      { [refusal.kind === 'publish' ? 'topic' : 'filter']: refusal.topic, subject: this.#subject },
-      `${refusal.kind === 'publish' ? 'PUBLISH' : 'SUBSCRIBE'} not permitted by the token; closing`,
+      { [kind === 'subscribe' ? 'filter' : 'topic']: topic, subject: this.#subject },
+      `${kind === 'will' ? 'CONNECT will' : kind.toUpperCase()} not permitted by the token; closing`,
     )
     this.#options.metrics.mqttRefused(refusal.reason)
-    this.goodbye(refusal.goodbye)
+    const level = this.#fromClient?.level
+    if (kind !== 'will' || level === undefined || level === 0 || this.closing) {
+      this.goodbye(goodbye)
+      return
+    }
+    this.#client.send(notAuthorizedConnack(level, goodbye.reason))
+    this.close(goodbye.code, goodbye.reason, 'gateway')
   }
 
   #malformed(error: MqttMalformedError): void {

@@ -22,9 +22,9 @@ export interface PermissionsPolicy {
   claim: string
 }
 
-/** A refused PUBLISH or SUBSCRIBE: what to log, count and tell the client. */
+/** A refused PUBLISH, SUBSCRIBE or CONNECT will: what to log, count and tell the client. */
 export interface TopicRefusal {
-  readonly kind: 'publish' | 'subscribe'
+  readonly kind: TopicKind
   readonly topic: string
   readonly reason: MqttRefusalReason
   readonly goodbye: Goodbye
@@ -35,6 +35,9 @@ export interface ClaimRefusal {
   readonly fault: string
   readonly goodbye: Goodbye
 }
+
+/** A will is a PUBLISH the broker makes for the client, later: judged as one. */
+type TopicKind = 'publish' | 'subscribe' | 'will'
 
 // Not decided yet (no token), every topic (a certificate), or the token's grants.
 type State = 'pending' | 'unrestricted' | TopicPermissions
@@ -79,6 +82,17 @@ export class TopicGuard {
     return refusal('publish', topic)
   }
 
+  /** False until a token (or certificate) has been set. */
+  get known(): boolean {
+    return this.#state !== 'pending'
+  }
+
+  /** The CONNECT's will, judged as a PUBLISH to its topic; asked once the token is known. */
+  will(topic: string, level: number): TopicRefusal | undefined {
+    const refused = this.publish(topic, level)
+    return refused === undefined ? undefined : refusal('will', topic)
+  }
+
   /** Undefined when every filter of the SUBSCRIBE may go on; else the first that may not. */
   subscribe(filters: readonly string[]): TopicRefusal | undefined {
     const state = this.#state
@@ -98,13 +112,14 @@ const badPermissions: Goodbye = {
   }),
 }
 
-function refusal(kind: 'publish' | 'subscribe', topic: string): TopicRefusal {
-  const text = `${kind} to "${topic}" not permitted`
+function refusal(kind: TopicKind, topic: string): TopicRefusal {
+  const text =
+    kind === 'will' ? `will on "${topic}" not permitted` : `${kind} to "${topic}" not permitted`
   const reason = CloseReason.topicDenied(text)
   return {
     kind,
     topic,
-    reason: kind === 'publish' ? 'publish_denied' : 'subscribe_denied',
+    reason: kind === 'subscribe' ? 'subscribe_denied' : 'publish_denied',
     goodbye: {
       code: CloseCode.POLICY_VIOLATION,
       reason,

@@ -9,6 +9,11 @@ export const RETURN_CODE_SERVER_UNAVAILABLE = 3
 /** MQTT 5 reason code 0x88 (section 3.2.2.2): "Server unavailable". */
 export const REASON_CODE_SERVER_UNAVAILABLE = 0x88
 
+/** MQTT 3.1 and 3.1.1 return code 5: "Not authorized". */
+export const RETURN_CODE_NOT_AUTHORIZED = 5
+/** MQTT 5 reason code 0x87: "Not authorized". */
+export const REASON_CODE_NOT_AUTHORIZED = 0x87
+
 /** MQTT 5 property identifier of the Reason String (section 3.2.2.3.9). */
 const REASON_STRING = 0x1f
 
@@ -36,6 +41,14 @@ export function serverUnavailableConnack(level: ProtocolLevel, reason: string): 
     REASON_CODE_SERVER_UNAVAILABLE,
     reason,
   )
+}
+
+/**
+ * A CONNACK refusing the connection with "Not authorized" (auth.permissionsClaim: a will the
+ * token does not grant): return code 5 below MQTT 5, reason code 0x87 with `reason` at 5.
+ */
+export function notAuthorizedConnack(level: ProtocolLevel, reason: string): Buffer {
+  return refusalConnack(level, RETURN_CODE_NOT_AUTHORIZED, REASON_CODE_NOT_AUTHORIZED, reason)
 }
 
 /**

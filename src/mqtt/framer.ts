@@ -84,6 +84,11 @@ export interface FramerEvents {
   mqttPublish?(topic: string): boolean
   /** Topic reading: a SUBSCRIBE was read whole; its filters in order. False refuses it. */
   mqttSubscribe?(filters: readonly string[]): boolean
+  /**
+   * Topic reading: the CONNECT has a will (a PUBLISH the broker makes for the client later),
+   * to this topic; called right after mqttConnect. False refuses the CONNECT.
+   */
+  mqttWill?(topic: string): boolean
 }
 
 /** The `topics` option: read PUBLISH topics and SUBSCRIBE filters (client side). */
@@ -626,7 +631,7 @@ export class MqttFramer {
     return this.#events?.mqttSubscribe?.(filters) === false ? false : undefined
   }
 
-  #readConnect(buf: Buffer, start: number, end: number): MqttMalformedError | undefined {
+  #readConnect(buf: Buffer, start: number, end: number): MqttMalformedError | false | undefined {
     const info = readConnect(buf, start, end, this.#headerSize + this.#length)
     if ('reason' in info) return this.#malformed(info.reason, info.detail)
     this.#opened = true
@@ -635,6 +640,9 @@ export class MqttFramer {
     this.#updateAccepted()
     this.#peer?.setLevel(info.level)
     this.#events?.mqttConnect?.(info)
+    if (this.#topics !== undefined && info.will !== undefined) {
+      if (this.#events?.mqttWill?.(info.will.topic) === false) return false
+    }
     return undefined
   }
 
