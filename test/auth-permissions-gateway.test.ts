@@ -145,36 +145,52 @@ for (const { kind, level } of cases) {
   )
 }
 
-t.test('byte for byte: the broker gets everything before the refused packet', async (t) => {
-  const broker = await scriptedBroker(t, Buffer.from([0x20, 0x02, 0x00, 0x00]))
-  const gw = await startTestGateway(t, broker.port, CLAIM)
-  const client = await openRawClient(t, gw.url)
-  grant(gw, { mqtt: GRANTS })
-  const connect = connectPacket('raw')
-  const ok = encode({
-    cmd: 'subscribe',
-    messageId: 1,
-    subscriptions: [{ topic: 'users/alice/+', qos: 1 }],
-  })
-  const refused = encode({
-    cmd: 'subscribe',
-    messageId: 2,
-    subscriptions: [{ topic: '#', qos: 0 }],
-  })
-  const after = encode({ cmd: 'pingreq' })
-  const session = broker.nextSession()
-  // All in one frame: the refusal falls inside it.
-  client.ws.send(Buffer.concat([connect, ok, refused, after]))
-  const closed = await client.closed
-  t.same(closed, { code: 1008, reason: 'subscribe to "#" not permitted' })
-  await gw.waitForLog((l) => l.msg === 'connection closed')
-  const { received } = await session
-  t.equal(
-    Buffer.concat(received).toString('hex'),
-    Buffer.concat([connect, ok]).toString('hex'),
-    'the CONNECT and the permitted SUBSCRIBE; nothing from the refused one on',
+for (const connectOn of ['upgrade', 'connect'] as const) {
+  t.test(
+    `byte for byte (upstream.connectOn=${connectOn}): the broker gets everything before the refused packet`,
+    async (t) => {
+      const broker = await scriptedBroker(t, Buffer.from([0x20, 0x02, 0x00, 0x00]))
+      const gw = await startTestGateway(t, broker.port, {
+        ...CLAIM,
+        DRAWBRIDGE_UPSTREAM_CONNECT_ON: connectOn,
+      })
+      const client = await openRawClient(t, gw.url)
+      grant(gw, { mqtt: GRANTS })
+      const connect = connectPacket('raw')
+      const ok = encode({
+        cmd: 'subscribe',
+        messageId: 1,
+        subscriptions: [{ topic: 'users/alice/+', qos: 1 }],
+      })
+      const refused = encode({
+        cmd: 'subscribe',
+        messageId: 2,
+        subscriptions: [{ topic: '#', qos: 0 }],
+      })
+      const after = encode({ cmd: 'pingreq' })
+      const session = broker.nextSession()
+      if (connectOn === 'upgrade') {
+        // All in one frame: the refusal falls inside it.
+        client.ws.send(Buffer.concat([connect, ok, refused, after]))
+      } else {
+        // Connect mode dials once the CONNECT is read; a refusal before the broker is there
+        // would close with nothing sent at all. Once it answered, the rest in one frame.
+        client.ws.send(Buffer.concat([connect, ok]))
+        await client.next('connack')
+        client.ws.send(Buffer.concat([refused, after]))
+      }
+      const closed = await client.closed
+      t.same(closed, { code: 1008, reason: 'subscribe to "#" not permitted' })
+      await gw.waitForLog((l) => l.msg === 'connection closed')
+      const { received } = await session
+      t.equal(
+        Buffer.concat(received).toString('hex'),
+        Buffer.concat([connect, ok]).toString('hex'),
+        'the CONNECT and the permitted SUBSCRIBE; nothing from the refused one on',
+      )
+    },
   )
-})
+}
 
 t.test('a token without the claim is granted nothing; a certificate is not limited', async (t) => {
   const broker = await scriptedBroker(t, Buffer.from([0x20, 0x02, 0x00, 0x00]))
