@@ -39,11 +39,15 @@ function token(claims: Record<string, unknown>, source: VerifiedToken['source'] 
   } satisfies VerifiedToken
 }
 
-// The gateway's one open connection is given the token (see the header).
-function grant(gw: TestGateway, claims: Record<string, unknown>, source?: VerifiedToken['source']) {
-  const open = [...gw.gateway.connections.values()]
-  if (open.length !== 1) throw new Error(`expected one connection, found ${open.length}`)
-  open[0]?.applyTokenPermissions(token(claims, source))
+// The newest connection (the registry keeps them in order) is given the token (see the header).
+function grant(
+  gw: TestGateway,
+  claims: Record<string, unknown>,
+  source?: VerifiedToken['source'],
+): void {
+  const newest = [...gw.gateway.connections.values()].at(-1)
+  if (newest === undefined) throw new Error('no connection to grant')
+  newest.applyTokenPermissions(token(claims, source))
 }
 
 /** A client straight on the broker, subscribed to everything: what reached the broker. */
@@ -204,6 +208,12 @@ t.test('a token without the claim is granted nothing; a certificate is not limit
     retain: false,
   })
 
+  // No token yet (as while a CONNECT password is checked): nothing granted either.
+  const early = await openRawClient(t, gw.url)
+  early.ws.send(Buffer.concat([connectPacket('early'), publish]))
+  t.same(await early.closed, { code: 1008, reason: 'publish to "any/topic" not permitted' })
+  await gw.waitForLog((l) => l.msg === 'connection closed')
+
   const bare = await openRawClient(t, gw.url)
   grant(gw, {})
   bare.ws.send(Buffer.concat([connectPacket('bare'), publish]))
@@ -213,7 +223,8 @@ t.test('a token without the claim is granted nothing; a certificate is not limit
   const device = await openRawClient(t, gw.url)
   grant(gw, {}, 'certificate')
   device.ws.send(Buffer.concat([connectPacket('device'), publish]))
-  const session = (await broker.nextSession(), await broker.nextSession())
+  const session =
+    (await broker.nextSession(), await broker.nextSession(), await broker.nextSession())
   const received = (): string => Buffer.concat(session.received).toString('hex')
   const expected = Buffer.concat([connectPacket('device'), publish]).toString('hex')
   await new Promise<void>((resolve) => {
