@@ -523,7 +523,9 @@ export class Connection implements ClientEvents, FramerEvents {
           return
         }
         this.tokenVerified(auth.accepted(check.token))
-        // A permissions claim that cannot be read closed the connection: nothing goes on.
+        // A permissions claim that cannot be read, or a will it does not grant, closed the
+        // connection: nothing goes on. (The rule cannot see tokenVerified() close it.)
+        // eslint-disable-next-line @typescript-eslint/no-unnecessary-condition
         if (this.closing) return
         this.#admitConnect(auth, connect, sent, check.token, true)
       })
@@ -633,6 +635,9 @@ export class Connection implements ClientEvents, FramerEvents {
     this.#rewrite = undefined
     const forward = data.subarray(0, result.forward)
     const all = result.released === undefined ? forward : Buffer.concat([result.released, forward])
+    // The framer stopped at the CONNECT itself (its will is not permitted): nothing of it goes
+    // on, and the stop is answered (#clientStopped).
+    if (all.length < size) return
     if (authorize !== undefined) {
       if (all.length > size) this.#hold(all.subarray(size))
       this.#authorizeConnect(all.subarray(0, size), authorize)
