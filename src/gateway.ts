@@ -12,6 +12,7 @@ import type { HostPort } from './config/formats.js'
 import type { Config } from './config/schema.js'
 import type { EmbeddedBroker } from './dev/broker.js'
 import type { MqttsListener } from './edge/mqtts.js'
+import { ClientTable } from './edge/client-limits.js'
 import { EdgeServer } from './edge/server.js'
 import { EdgeAuth } from './auth/gate.js'
 import { TokenSessions } from './auth/sessions.js'
@@ -157,6 +158,8 @@ export async function startGateway(config: Config, deps: GatewayDeps): Promise<G
   // auth.permissionsClaim: load checked that it comes with mqtt.inspect.
   const permissions =
     config.auth.permissionsClaim === '' ? undefined : { claim: config.auth.permissionsClaim }
+  // One table for both listeners: a client is one client over wss and mqtts alike.
+  const clients = new ClientTable(config.limits, metrics)
   const edge = new EdgeServer({
     listen: config.listen,
     ws: config.ws,
@@ -168,6 +171,7 @@ export async function startGateway(config: Config, deps: GatewayDeps): Promise<G
     upstream: config.upstream,
     connections,
     connector,
+    clients,
     log,
     metrics,
     tls,
@@ -194,6 +198,10 @@ export async function startGateway(config: Config, deps: GatewayDeps): Promise<G
         port: config.tcp.port,
         maxConnections: config.limits.maxConnections,
         highWaterMark: config.limits.highWaterMark,
+        acceptRate: config.limits.acceptRate,
+        messageRate: config.limits.messageRate,
+        byteRate: config.limits.byteRate,
+        clients,
         mqtt: config.mqtt,
         identity,
         permissions,

@@ -68,6 +68,9 @@ export const METRIC = {
   mqttPackets: 'mqtt_packets_total',
   routeRequests: 'route_requests_total',
   routeRequestDuration: 'route_request_duration_seconds',
+  ratePauses: 'rate_pauses_total',
+  limitsTrackedClients: 'limits_tracked_clients',
+  limitsEvictedClients: 'limits_evicted_clients_total',
 } as const
 
 export type Direction = 'client_to_broker' | 'broker_to_client'
@@ -249,6 +252,9 @@ export class Metrics {
   readonly #mqttConnacks: Counter<'level' | 'code'>
   readonly #routeRequests: Counter<'route' | 'status_class'>
   readonly #routeRequestDuration: Histogram<'route'>
+  readonly #ratePauses: Counter<'limit'>
+  readonly #evictedClients: Counter
+  #trackedClients: () => number = () => 0
 
   constructor(options: MetricsOptions) {
     this.#options = options
@@ -369,7 +375,7 @@ export class Metrics {
     })
     this.#handshakeRejections = new Counter({
       name: name(METRIC.handshakeRejections),
-      help: 'WebSocket upgrades refused before 101, by reason (one per refusal the handshake knows).',
+      help: 'Clients refused before they were bridged, by reason (one per refusal the handshake knows; mqtts refusals and connections dropped at accept for limits.acceptRate too).',
       labelNames: ['reason'],
       registers,
     })
@@ -480,6 +486,26 @@ export class Metrics {
         }
       },
     })
+    this.#ratePauses = new Counter({
+      name: name(METRIC.ratePauses),
+      help: 'Times a client was paused for sending toward the broker faster than its rate, by limit (message: limits.messageRate; byte: limits.byteRate).',
+      labelNames: ['limit'],
+      registers,
+    })
+    for (const limit of ['message', 'byte']) this.#ratePauses.inc({ limit }, 0)
+    new Gauge({
+      name: name(METRIC.limitsTrackedClients),
+      help: 'Client addresses the per-client limits remember now (at most limits.trackedClients).',
+      registers,
+      collect() {
+        this.set(self.#trackedClients())
+      },
+    })
+    this.#evictedClients = new Counter({
+      name: name(METRIC.limitsEvictedClients),
+      help: 'Client addresses the per-client limits forgot, least recently seen first, to stay within limits.trackedClients.',
+      registers,
+    })
     new Gauge({
       name: name(METRIC.buildInfo),
       help: 'Always 1; the labels say which Drawbridge and Node.js versions are running.',
@@ -517,6 +543,21 @@ export class Metrics {
   /** Where drawbridge_ready and drawbridge_upstream_up are read from at scrape time. */
   setReadinessSource(source: () => { ready: boolean; upstreamUp: boolean }): void {
     this.#readiness = source
+  }
+
+  /** Where drawbridge_limits_tracked_clients is read from at scrape time. */
+  setTrackedClientsSource(source: () => number): void {
+    this.#trackedClients = source
+  }
+
+  /** A client paused for limits.messageRate or limits.byteRate. */
+  ratePaused(limit: 'message' | 'byte'): void {
+    this.#ratePauses.inc({ limit })
+  }
+
+  /** The per-client table forgot a client to stay within limits.trackedClients. */
+  clientEvicted(): void {
+    this.#evictedClients.inc()
   }
 
   /** Where drawbridge_upstream_sockets_open is read from at scrape time. */

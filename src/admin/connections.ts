@@ -2,6 +2,7 @@
 // "I can't connect" (FIELD-NOTES idea 10). Read from the Connection's plain fields; nothing
 // here runs on the message path.
 import type { ClientCertInfo, Connection } from '../bridge/connection.js'
+import type { ReadRateView } from '../bridge/rate.js'
 
 export interface ConnectionView {
   id: string
@@ -34,6 +35,11 @@ export interface ConnectionView {
   paused: { clientToBroker: boolean; brokerToClient: boolean }
   /** How many times each direction has been paused. */
   pauses: { clientToBroker: number; brokerToClient: number }
+  /**
+   * limits.messageRate/byteRate, client to broker: tokens left, paused for the rate since when,
+   * how many times held; null when both are off.
+   */
+  rate: ReadRateView | null
   /**
    * What the client's CONNECT said (mqtt.inspect), never its password; null before the CONNECT
    * has been read, or without mqtt.inspect.
@@ -78,6 +84,7 @@ export function describeConnection(c: Connection, now = Date.now()): ConnectionV
     frames: { clientToBroker: c.framesToBroker, brokerToClient: c.framesToClient },
     paused: { clientToBroker: c.pausedToBroker, brokerToClient: c.pausedToClient },
     pauses: { clientToBroker: c.pausesToBroker, brokerToClient: c.pausesToClient },
+    rate: c.rate,
     mqtt: c.mqtt ? { ...c.mqtt, username: c.mqtt.username ?? null } : null,
     token: c.token
       ? {

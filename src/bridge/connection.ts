@@ -57,6 +57,7 @@ import {
 } from './close-codes.js'
 import { Goodbyes, type Goodbye } from './goodbyes.js'
 import { TopicGuard, type PermissionsPolicy, type TopicRefusal } from './topic-guard.js'
+import { ReadRate, type RateHolder, type ReadRateLimits, type ReadRateView } from './rate.js'
 
 /** How long one side may stay half-open after the other closed before it is destroyed. */
 export const HALF_OPEN_TIMEOUT_MS = 2_000
@@ -125,6 +126,8 @@ export interface ConnectionInfo {
    * is set once that is verified) or without auth.
    */
   token?: VerifiedToken | undefined
+  /** Gives back what the admission took for this client (a per-client slot), once, at close. */
+  release?: (() => void) | undefined
 }
 
 /** What the MQTT framers of a connection are told (mqtt.*). */
@@ -169,6 +172,8 @@ export interface ConnectionOptions {
    * username set from the token's claim; undefined without auth.
    */
   auth?: ConnectionAuth | undefined
+  /** limits.messageRate and limits.byteRate, client to broker; undefined or 0: off. */
+  rate?: ReadRateLimits | undefined
   /** Counts what the framers find (malformed packets); the byte counts stay plain fields. */
   metrics: Metrics
   /** The connection logs through a child of it that names the connection and its listener. */
@@ -223,7 +228,7 @@ export interface MqttSession {
   keepalive: number
 }
 
-export class Connection implements ClientEvents, FramerEvents {
+export class Connection implements ClientEvents, FramerEvents, RateHolder {
   readonly id: string
   readonly listener: string
   readonly remoteAddress: string
@@ -271,6 +276,9 @@ export class Connection implements ClientEvents, FramerEvents {
   #held: Buffer[] | undefined
   #heldBytes = 0
   readonly #options: ConnectionOptions
+  readonly #release: (() => void) | undefined
+  /** limits.messageRate/byteRate; undefined when both are off. */
+  readonly #rate: ReadRate | undefined
   /** Names the connection and listener; once the CONNECT is read, the client id too. */
   #log: Logger
   #pingSentAt = 0
@@ -334,6 +342,8 @@ export class Connection implements ClientEvents, FramerEvents {
     this.#proxy = info.proxy
     this.#client = client
     this.#options = options
+    this.#release = info.release
+    this.#rate = options.rate && ReadRate.for(options.rate, this)
     this.#log = options.log.child({ conn: this.id, listener: this.listener })
     if (options.mqtt.inspect) {
       if (options.permissions !== undefined) this.#guard = new TopicGuard(options.permissions)
@@ -425,6 +435,7 @@ export class Connection implements ClientEvents, FramerEvents {
   mqttPacket(type: PacketTypeValue, _flags: number, size: number): boolean {
     if (size <= this.#options.mqtt.maxPacketSize) {
       this.#options.metrics.mqttPacket('toBroker', type)
+      this.#rate?.pay(1, size)
       return true
     }
     this.#refusedSize = size
@@ -682,6 +693,7 @@ export class Connection implements ClientEvents, FramerEvents {
       return
     }
     this.#pending ??= { code, initiator, reason }
+    this.#stopRate()
     this.#letGoOfDial()
     this.#client.close(code, reason)
   }
@@ -700,6 +712,7 @@ export class Connection implements ClientEvents, FramerEvents {
   goodbye(goodbye: Goodbye): void {
     if (this.closing) return
     this.#pending = { code: goodbye.code, initiator: 'gateway', reason: goodbye.reason }
+    this.#stopRate()
     // Connect mode, no broker yet: the dial stops now, not once the client answers the close.
     this.#letGoOfDial()
     const framer = this.#fromBroker
@@ -750,6 +763,7 @@ export class Connection implements ClientEvents, FramerEvents {
   terminate(reason: string): void {
     this.#endGoodbyeWait()
     this.#pending ??= { code: CloseCode.ABNORMAL, initiator: 'gateway', reason }
+    this.#rate?.stop()
     this.#letGoOfDial()
     this.#client.terminate()
   }
@@ -780,7 +794,9 @@ export class Connection implements ClientEvents, FramerEvents {
     this.lastActivity = Date.now()
     const framer = this.#fromClient
     if (framer === undefined) {
+      this.#rate?.pay(0, data.length)
       this.#toBroker(data)
+      if (!this.closing) this.#rate?.check()
       return
     }
     const result = framer.push(data)
@@ -791,6 +807,37 @@ export class Connection implements ClientEvents, FramerEvents {
       else if (result.forward > 0) this.#toBroker(data.subarray(0, result.forward))
     }
     if (result.stopped && !this.#inspectStopped) this.#clientStopped(result.error)
+    // The framer paid for each packet whose header it read (mqttPacket).
+    else if (!this.closing) this.#rate?.check()
+  }
+
+  // ---- limits.messageRate / byteRate (RateHolder) --------------------------------------------
+
+  holdForRate(limit: 'message' | 'byte'): void {
+    this.#options.metrics.ratePaused(limit)
+    this.#client.pause()
+  }
+
+  // Backpressure may hold the client too: it is read again only when neither does.
+  releaseForRate(): void {
+    if (!this.pausedToBroker && !this.closing) this.#client.resume()
+  }
+
+  /** The read rate's state for /connections; null when limits.messageRate/byteRate are off. */
+  get rate(): ReadRateView | null {
+    return this.#rate?.view() ?? null
+  }
+
+  #resumeAfterBackpressure(): void {
+    this.pausedToBroker = false
+    if (this.#rate?.held !== true) this.#client.resume()
+  }
+
+  // A close must be heard: a client paused for its rate is read again (its close frame, its FIN).
+  #stopRate(): void {
+    if (this.#rate?.held !== true) return
+    this.#rate.stop()
+    if (!this.pausedToBroker) this.#client.resume()
   }
 
   #toBroker(data: Buffer): void {
@@ -886,6 +933,7 @@ export class Connection implements ClientEvents, FramerEvents {
 
   clientClosed(code: number | undefined, reason: string): void {
     this.#endGoodbyeWait()
+    this.#rate?.stop()
     const summary = this.#pending ?? { code, initiator: 'client', reason }
     // A client side without close codes (mqtts) was never sent the one a gateway close names.
     this.closed = this.#client.framed ? summary : { ...summary, code: undefined }
@@ -962,8 +1010,7 @@ export class Connection implements ClientEvents, FramerEvents {
 
   #brokerDrain(): void {
     if (!this.pausedToBroker) return
-    this.pausedToBroker = false
-    this.#client.resume()
+    this.#resumeAfterBackpressure()
   }
 
   #brokerData(chunk: Buffer): void {
@@ -1134,10 +1181,7 @@ export class Connection implements ClientEvents, FramerEvents {
     for (const chunk of held) this.#toBroker(chunk)
     // Paused while holding: go on reading now, unless these writes filled the broker socket;
     // then its 'drain' resumes the client, as in #brokerDrain.
-    if (this.pausedToBroker && !upstream.writableNeedDrain) {
-      this.pausedToBroker = false
-      this.#client.resume()
-    }
+    if (this.pausedToBroker && !upstream.writableNeedDrain) this.#resumeAfterBackpressure()
   }
 
   // The connection is closing before it had a broker: stop the dial (its end finishes the
@@ -1148,10 +1192,7 @@ export class Connection implements ClientEvents, FramerEvents {
     this.#dial?.abort()
     this.#held = undefined
     this.#heldBytes = 0
-    if (this.pausedToBroker) {
-      this.pausedToBroker = false
-      this.#client.resume()
-    }
+    if (this.pausedToBroker) this.#resumeAfterBackpressure()
   }
 
   // No broker accepted: the client is told in MQTT, in a CONNACK its library can show (return
@@ -1199,6 +1240,7 @@ export class Connection implements ClientEvents, FramerEvents {
       },
       'connection closed',
     )
+    this.#release?.()
     this.#options.onClose(this)
     for (const resolve of this.#closeWaiters ?? []) resolve()
     this.#closeWaiters = undefined

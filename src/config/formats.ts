@@ -234,6 +234,15 @@ export function registerFormats(): void {
       validate: (value: unknown) => void parseSize(value),
       coerce: (value: string) => orRaw(parseSize, value),
     },
+    // Per second; fractions allowed (0.2: one every five seconds).
+    rate: {
+      validate(value: unknown) {
+        if (typeof value !== 'number' || !Number.isFinite(value) || value < 0) {
+          throw new Error('must be a number of events per second, 0 or more (0 = off)')
+        }
+      },
+      coerce: (value: string) => (/^\s*\d+(\.\d+)?\s*$/.test(value) ? Number(value) : value),
+    },
     'host-port-list': listOf('a "host:port" string', parseHostPort),
     'string-list': listOf('a non-empty string', (item) => {
       if (item.trim() === '') throw new Error('each entry must be a non-empty string')

@@ -153,6 +153,23 @@ function checkCrossKeyRules(config: Config): void {
   checkAuthRules(config)
   checkPermissionsRules(config)
   checkShutdownRules(config)
+  checkLimitRules(config)
+}
+
+// Packets are counted by the framer: without it there are only bytes.
+function checkLimitRules({ limits, mqtt }: Config): void {
+  if (limits.messageRate > 0 && !mqtt.inspect) {
+    throw new ConfigError(
+      'limits.messageRate',
+      'needs mqtt.inspect=true (packets are counted by the MQTT framer; limits.byteRate works without it)',
+    )
+  }
+  if (limits.ipv6Prefix < 1 || limits.ipv6Prefix > 128) {
+    throw new ConfigError('limits.ipv6Prefix', `must be 1 to 128 (got ${limits.ipv6Prefix})`)
+  }
+  if (limits.trackedClients === 0) {
+    throw new ConfigError('limits.trackedClients', 'must be at least 1')
+  }
 }
 
 // auth.mode=jwt: a key to check against, algorithms that can be checked (never none), and the

@@ -404,6 +404,54 @@ export const schema = {
       default: 256 * 1024,
       env: 'DRAWBRIDGE_LIMITS_HIGH_WATER_MARK',
     },
+    perClientConnections: {
+      doc: 'Open connections (both listeners together) one client address may have; past it a WebSocket upgrade gets 429 with Retry-After and an mqtts client is closed after its TLS handshake (0 = off).',
+      format: 'nat',
+      default: 0,
+      env: 'DRAWBRIDGE_LIMITS_PER_CLIENT_CONNECTIONS',
+    },
+    perClientRate: {
+      doc: 'New connections per second one client address may open (a token bucket of limits.perClientBurst); past it 429 with a Retry-After of the seconds until the next token (0 = off).',
+      format: 'rate',
+      default: 0,
+      env: 'DRAWBRIDGE_LIMITS_PER_CLIENT_RATE',
+    },
+    perClientBurst: {
+      doc: 'How many connections a client may open at once under limits.perClientRate (the size of its bucket; 0 = one second of limits.perClientRate, at least 1).',
+      format: 'nat',
+      default: 0,
+      env: 'DRAWBRIDGE_LIMITS_PER_CLIENT_BURST',
+    },
+    ipv6Prefix: {
+      doc: 'IPv6 clients are counted by this prefix of their address (one /64 is usually one subscriber); IPv4 clients by their whole address.',
+      format: 'nat',
+      default: 64,
+      env: 'DRAWBRIDGE_LIMITS_IPV6_PREFIX',
+    },
+    trackedClients: {
+      doc: 'Client addresses the per-client limits remember at most; past it the least recently seen is forgotten (drawbridge_limits_evicted_clients_total), so a flood from many addresses keeps memory bounded.',
+      format: 'nat',
+      default: 100_000,
+      env: 'DRAWBRIDGE_LIMITS_TRACKED_CLIENTS',
+    },
+    acceptRate: {
+      doc: 'New TCP connections per second each listener accepts (a token bucket of one second); past it connections are closed at accept, before TLS or HTTP, and counted (0 = off).',
+      format: 'rate',
+      default: 0,
+      env: 'DRAWBRIDGE_LIMITS_ACCEPT_RATE',
+    },
+    messageRate: {
+      doc: 'MQTT packets per second each connection may send toward the broker (needs mqtt.inspect); a faster client is paused, not dropped, until it is within the rate again (a bucket of one second; 0 = off).',
+      format: 'rate',
+      default: 0,
+      env: 'DRAWBRIDGE_LIMITS_MESSAGE_RATE',
+    },
+    byteRate: {
+      doc: 'Bytes per second each connection may send toward the broker; a faster client is paused, not dropped, until it is within the rate again (a bucket of one second; 0 = off).',
+      format: 'size',
+      default: 0,
+      env: 'DRAWBRIDGE_LIMITS_BYTE_RATE',
+    },
   },
   mqtt: {
     inspect: {
@@ -535,7 +583,18 @@ export interface RawConfig {
   auth: AuthConfig
   http: { diagnostics: boolean; trustedProxies: string[]; routes: RouteSpec[] }
   tcp: { enabled: boolean; port: number }
-  limits: { maxConnections: number; highWaterMark: number }
+  limits: {
+    maxConnections: number
+    highWaterMark: number
+    perClientConnections: number
+    perClientRate: number
+    perClientBurst: number
+    ipv6Prefix: number
+    trackedClients: number
+    acceptRate: number
+    messageRate: number
+    byteRate: number
+  }
   mqtt: { inspect: boolean; connectTimeout: number; maxPacketSize: number }
   shutdown: { grace: number; spread: number; serverReference: string }
   admin: {

@@ -6,6 +6,8 @@
 //
 // A step may take a resource for the client (a capacity slot, the broker socket): what it takes
 // is given back by the runner when a later step refuses, and the broker socket is destroyed.
+// What the connection keeps (a per-client slot) goes in onClose: given back by the connection
+// when it closes, or by the runner when the admission ends without one.
 //
 // With upstream.connectOn=connect the lists have no broker step: the client is let in without a
 // broker, and its Connection dials one once the client's CONNECT has been read.
@@ -19,11 +21,14 @@ import type { Route } from '../config/formats.js'
 import type { ProxyClient } from '../upstream/proxy-header.js'
 import { originRefusal, validateUpgrade, type HandshakePolicy } from './handshake.js'
 import { Refusals, type Refusal } from './refusals.js'
+import { withinClientLimits, type ClientTable } from './client-limits.js'
 import type { TlsManager } from './tls.js'
 
 /** A client being admitted, whatever its listener; steps fill in what they learn. */
 export interface Admission {
   readonly socket: Duplex
+  /** The resolved client address (PROXY header, trusted proxy's header, else the peer). */
+  readonly clientAddress: string
   /** The broker connection, once the broker step has opened it. */
   upstream: Upstream | undefined
   /** Who the PROXY header to the broker names (upstream.proxyProtocol on), else undefined. */
@@ -32,6 +37,11 @@ export interface Admission {
   readonly onEnd: (() => void)[]
   /** auth.mode=jwt: the token let in with, or the CONNECT password still to check. */
   auth?: AuthAdmission | undefined
+  /**
+   * Run when the connection it becomes closes (the listener hands them to it), or by the
+   * runner when the admission ends without a connection: a per-client slot is given back.
+   */
+  readonly onClose: (() => void)[]
 }
 
 /** A client that came with an HTTP request: a step written for it serves every upgrade list. */
@@ -70,6 +80,7 @@ export async function admit<A extends Admission>(
   admission: A,
   accept: (admission: A) => void,
 ): Promise<AdmissionOutcome> {
+  let accepted = false
   try {
     for (const step of steps) {
       const pending = step.run(admission)
@@ -82,12 +93,23 @@ export async function admit<A extends Admission>(
         : { ok: false, refusal: verdict }
     }
     accept(admission)
+    accepted = true
     return { ok: true }
   } catch (err) {
     admission.upstream?.socket.destroy()
     throw err
   } finally {
     for (const release of admission.onEnd) release()
+    if (!accepted) for (const release of admission.onClose) release()
+  }
+}
+
+/** One function for the connection to call at close, or undefined when nothing is kept. */
+export function releaseOnClose(admission: Admission): (() => void) | undefined {
+  const kept = admission.onClose
+  if (kept.length === 0) return undefined
+  return () => {
+    for (const release of kept) release()
   }
 }
 
@@ -104,6 +126,8 @@ export interface StepOptions {
   connectOn: ConnectOn
   /** auth.mode=jwt; undefined when it is none. */
   auth?: EdgeAuth | undefined
+  /** The per-client limits, shared by the listeners; their step is left out when none is on. */
+  clients?: ClientTable | undefined
 }
 
 /** A WebSocket upgrade, decided before the 101 is sent. */
@@ -114,6 +138,7 @@ export function websocketSteps(
     trustedClientCertificate(options.tls),
     notShuttingDown(options.closing),
     validRequest(options.policy),
+    ...clientLimits(options.clients),
     ...(options.auth ? [tokenChecked(options.auth, options.tls)] : []),
     underCapacity(options.capacity),
     ...brokerFirst(options),
@@ -157,10 +182,16 @@ export function mqttsSteps(options: StepOptions & { tls: TlsManager }): Step<Adm
   return [
     trustedClientCertificate(options.tls),
     notShuttingDown(options.closing),
+    ...clientLimits(options.clients),
     ...(options.auth ? [streamAuthenticated(options.auth, options.tls)] : []),
     underCapacity(options.capacity),
     ...brokerFirst(options),
   ]
+}
+
+// Before capacity: a client over its own limit does not take a slot from the others first.
+function clientLimits(clients: ClientTable | undefined): Step<Admission>[] {
+  return clients?.enabled === true ? [withinClientLimits(clients)] : []
 }
 
 /**

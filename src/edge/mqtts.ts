@@ -17,8 +17,18 @@ import { listen } from '../listen.js'
 import type { Logger } from '../log.js'
 import type { Metrics } from '../metrics.js'
 import type { BrokerConnector } from '../upstream/connector.js'
-import { admit, Capacity, connectDial, mqttsSteps, type Admission, type Step } from './admission.js'
+import {
+  admit,
+  Capacity,
+  connectDial,
+  mqttsSteps,
+  releaseOnClose,
+  type Admission,
+  type Step,
+} from './admission.js'
+import { AcceptGate } from './accept-gate.js'
 import { peerAddress } from './client-address.js'
+import type { ClientTable } from './client-limits.js'
 import { describeProxyClient } from './proxy-client.js'
 import { ProxyGate } from './proxy-gate.js'
 import type { ProxyProtocolIn } from './proxy-protocol-in.js'
@@ -33,6 +43,12 @@ export interface MqttsOptions {
   /** Open mqtts connections above which new ones are refused (counted apart from WebSockets). */
   maxConnections: number
   highWaterMark: number
+  /** limits.acceptRate, messageRate and byteRate (0: off). */
+  acceptRate: number
+  messageRate: number
+  byteRate: number
+  /** The per-client limits, shared with the WebSocket listener. */
+  clients?: ClientTable | undefined
   /** mqtt.*: what the connections' framers check. */
   mqtt: Config['mqtt']
   /** tls.identityAs=username (with tls.identityFrom); undefined: usernames go on unchanged. */
@@ -62,6 +78,8 @@ export class MqttsListener {
   readonly #refuse: Refuser
   /** listen.proxyProtocol: reads the load balancer's PROXY header first; undefined when off. */
   readonly #proxyGate: ProxyGate | undefined
+  /** limits.acceptRate; undefined when off. */
+  readonly #acceptGate: AcceptGate | undefined
   readonly #connectionOptions: ConnectionOptions
   readonly #idPrefix = `t${randomBytes(3).toString('hex')}`
   #nextId = 0
@@ -86,6 +104,17 @@ export class MqttsListener {
             metrics: options.metrics,
           })
     this.#proxyGate?.install(this.#server, false)
+    // Outermost: a connection over the rate is closed before its PROXY header or TLS handshake.
+    this.#acceptGate =
+      options.acceptRate > 0
+        ? new AcceptGate({
+            rate: options.acceptRate,
+            listener: LISTENER,
+            log: options.log,
+            metrics: options.metrics,
+          })
+        : undefined
+    this.#acceptGate?.install(this.#server)
     options.metrics.addConnectionSource(LISTENER, () => options.connections.valuesOf(LISTENER))
     this.#steps = mqttsSteps({
       tls: options.tls,
@@ -94,6 +123,7 @@ export class MqttsListener {
       connector: options.connector,
       connectOn: options.upstream.connectOn,
       auth: options.auth,
+      clients: options.clients,
     })
     this.#refuse = new Refuser({ log: options.log, metrics: options.metrics })
     this.#connectionOptions = {
@@ -103,6 +133,7 @@ export class MqttsListener {
       permissions: options.permissions,
       dial: connectDial(options.upstream, options.connector),
       auth: options.auth,
+      rate: { messageRate: options.messageRate, byteRate: options.byteRate },
       metrics: options.metrics,
       log: options.log,
       onClose: (closed) => {
@@ -129,6 +160,7 @@ export class MqttsListener {
     this.#closing = true
     const serverClosed = new Promise<void>((resolve) => this.#server.close(() => resolve()))
     this.#proxyGate?.destroyPending()
+    this.#acceptGate?.close()
     await this.#options.connections.closeAll(LISTENER, shutdown, this.#options.log)
     await serverClosed
   }
@@ -154,8 +186,10 @@ export class MqttsListener {
     const id = `${this.#idPrefix}-${(++this.#nextId).toString(36)}`
     const admission: Admission = {
       socket: client,
+      clientAddress: this.#clientOf(client).clientAddress,
       upstream: undefined,
       onEnd: [],
+      onClose: [],
       proxy: this.#options.connector.proxying
         ? describeProxyClient({
             id,
@@ -189,6 +223,7 @@ export class MqttsListener {
         ...(verdict && { tls: verdict.tls }),
         proxy: admission.proxy,
         token: admission.auth && 'token' in admission.auth ? admission.auth.token : undefined,
+        release: releaseOnClose(admission),
       },
       this.#connectionOptions,
     )

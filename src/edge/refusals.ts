@@ -17,6 +17,12 @@ export type RefusalReason =
   | 'not_websocket'
   | 'subprotocol'
   | 'capacity'
+  /** limits.perClientConnections: the client has as many open connections as it may. */
+  | 'client_connections'
+  /** limits.perClientRate: the client opens connections faster than it may. */
+  | 'client_rate'
+  /** limits.acceptRate: closed at TCP accept, before TLS or HTTP (no answer; AcceptGate logs). */
+  | 'accept_rate'
   | 'shutting_down'
   | 'upstream_refused'
   | 'upstream_timeout'
@@ -39,6 +45,9 @@ export const REFUSAL_REASONS = Object.keys({
   not_websocket: true,
   subprotocol: true,
   capacity: true,
+  client_connections: true,
+  client_rate: true,
+  accept_rate: true,
   shutting_down: true,
   upstream_refused: true,
   upstream_timeout: true,
@@ -132,6 +141,21 @@ export const Refusals = {
     refusal(503, 'capacity', `connection limit reached (${max})`, {
       'Retry-After': RETRY_AFTER_SECONDS,
     }),
+  clientConnections: (client: string, max: number) =>
+    refusal(
+      429,
+      'client_connections',
+      `client ${client} has ${max} open connections, the most it may (limits.perClientConnections)`,
+      { 'Retry-After': RETRY_AFTER_SECONDS },
+    ),
+  /** `retryAfter`: whole seconds until the client's next token, at least 1. */
+  clientRate: (client: string, rate: number, retryAfter: number) =>
+    refusal(
+      429,
+      'client_rate',
+      `client ${client} opens connections faster than ${rate} per second (limits.perClientRate)`,
+      { 'Retry-After': String(retryAfter) },
+    ),
   shuttingDown: () => refusal(503, 'shutting_down', 'server shutting down'),
   /** 502 or 504, as the error class says (UpstreamRefusedError, UpstreamTimeoutError). */
   upstream: (err: UpstreamError) => refusal(err.status, err.reason, err.message),

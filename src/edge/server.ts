@@ -30,12 +30,15 @@ import {
   clientCertificateRefusal,
   connectDial,
   routedUpgradeSteps,
+  releaseOnClose,
   websocketSteps,
   type RoutedUpgrade,
   type Step,
   type Upgrade,
 } from './admission.js'
+import { AcceptGate } from './accept-gate.js'
 import { ClientAddressResolver, peerAddress } from './client-address.js'
+import type { ClientTable } from './client-limits.js'
 import { Diagnostics } from './diagnostics.js'
 import { describeProxyClient } from './proxy-client.js'
 import { ProxyGate } from './proxy-gate.js'
@@ -66,6 +69,8 @@ export interface EdgeOptions {
   /** The connections of every listener; this one adds its own. */
   connections: ConnectionRegistry
   connector: BrokerConnector
+  /** The per-client limits (limits.perClient*), shared with the mqtts listener. */
+  clients?: ClientTable | undefined
   log: Logger
   metrics: Metrics
   /** When set, the listener speaks TLS (wss://) with this manager's material and client policy. */
@@ -88,6 +93,8 @@ export class EdgeServer {
   readonly #clientAddresses: ClientAddressResolver
   /** listen.proxyProtocol: reads the load balancer's PROXY header first; undefined when off. */
   readonly #proxyGate: ProxyGate | undefined
+  /** limits.acceptRate; undefined when off. */
+  readonly #acceptGate: AcceptGate | undefined
   readonly #server: http.Server | https.Server
   readonly #wss: WebSocketServer
   /** The diagnostics page and its JSON (http.diagnostics), else undefined. */
@@ -126,6 +133,7 @@ export class EdgeServer {
       connector: options.connector,
       connectOn: options.upstream.connectOn,
       auth: options.auth,
+      clients: options.clients,
     })
     this.#routedSteps = routedUpgradeSteps({
       tls,
@@ -150,6 +158,7 @@ export class EdgeServer {
       permissions: options.permissions,
       dial: connectDial(options.upstream, options.connector),
       auth: options.auth,
+      rate: options.limits,
       metrics: options.metrics,
       log: options.log,
       onClose: (closed) => {
@@ -219,6 +228,17 @@ export class EdgeServer {
             metrics: options.metrics,
           })
     this.#proxyGate?.install(this.#server, tls === undefined)
+    // Outermost of all: a connection over the rate costs neither a PROXY read nor TLS.
+    this.#acceptGate =
+      options.limits.acceptRate > 0
+        ? new AcceptGate({
+            rate: options.limits.acceptRate,
+            listener: this.scheme,
+            log: options.log,
+            metrics: options.metrics,
+          })
+        : undefined
+    this.#acceptGate?.install(this.#server)
   }
 
   async listen(): Promise<AddressInfo> {
@@ -273,6 +293,7 @@ export class EdgeServer {
     this.#server.closeIdleConnections()
     this.#proxyGate?.destroyPending()
     this.#router?.closeTunnels()
+    this.#acceptGate?.close()
     await this.#connections.closeAll(this.scheme, shutdown, this.#log)
     this.#server.closeAllConnections()
     await serverClosed
@@ -339,7 +360,18 @@ export class EdgeServer {
   async #upgrade(req: http.IncomingMessage, socket: Duplex, head: Buffer): Promise<void> {
     const route = requestPath(req.url) === this.#policy.path ? undefined : this.#router?.match(req)
     if (route !== undefined) {
-      await this.#routedUpgrade({ req, socket, route, upstream: undefined, onEnd: [] }, head)
+      await this.#routedUpgrade(
+        {
+          req,
+          socket,
+          route,
+          clientAddress: this.#clientOf(req).clientAddress,
+          upstream: undefined,
+          onEnd: [],
+          onClose: [],
+        },
+        head,
+      )
       return
     }
     // Read now (cached since accept): a client that resets while we wait has no address left.
@@ -350,8 +382,10 @@ export class EdgeServer {
     const upgrade: Upgrade = {
       req,
       socket,
+      clientAddress: this.#clientOf(req).clientAddress,
       upstream: undefined,
       onEnd: [],
+      onClose: [],
       protocol: false,
       proxy: this.#options.connector.proxying
         ? describeProxyClient({
@@ -424,6 +458,7 @@ export class EdgeServer {
           ...this.#tlsDetails(req.socket),
           proxy: upgrade.proxy,
           token: upgrade.auth && 'token' in upgrade.auth ? upgrade.auth.token : undefined,
+          release: releaseOnClose(upgrade),
         },
         this.#connectionOptions,
       )
@@ -435,6 +470,7 @@ export class EdgeServer {
     // eslint-disable-next-line @typescript-eslint/no-unnecessary-condition
     if (!handedOver) {
       upstream?.socket.destroy()
+      releaseOnClose(upgrade)?.()
       this.#log.warn(
         { remote: peerAddress(req.socket), path: loggablePath(req.url) },
         'ws refused the upgrade',
