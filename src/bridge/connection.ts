@@ -772,12 +772,16 @@ export class Connection implements ClientEvents, FramerEvents, RateHolder {
   ping(now: number, timeout: number): void {
     if (this.#pingSentAt !== 0) {
       if (this.pongOverdue(now, timeout)) this.terminateForPingTimeout()
+      // Held for its rate, the client cannot be heard: a write is what tells that it has gone.
+      else if (this.#rate?.held === true) this.#client.ping()
       return
     }
     if (this.#client.ping()) this.#pingSentAt = now
   }
 
   pongOverdue(now: number, timeout: number): boolean {
+    // A client paused for its rate is not read: its pong waits behind its own backlog.
+    if (this.#rate?.held === true) return false
     return this.#pingSentAt !== 0 && now - this.#pingSentAt >= timeout
   }
 

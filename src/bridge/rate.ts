@@ -142,7 +142,8 @@ export class ReadRate {
     return {
       messageTokens: this.#messages ? Math.floor(this.#messages.tokens(now)) : null,
       byteTokens: this.#bytes ? Math.floor(this.#bytes.tokens(now)) : null,
-      pausedSince: this.#pausedSince === undefined ? null : new Date(this.#pausedSince).toISOString(),
+      pausedSince:
+        this.#pausedSince === undefined ? null : new Date(this.#pausedSince).toISOString(),
       holds: this.#holds,
     }
   }
@@ -162,7 +163,14 @@ export class ReadRate {
     this.#timer.unref()
   }
 
+  // A paused WebSocket still hands over the frames ws had read already, so the debt may have
+  // grown since the pause: the client is let go only once it is paid off.
   static #wake(rate: ReadRate): void {
+    const now = performance.now()
+    if (rate.#over(now) !== undefined) {
+      rate.#schedule(now)
+      return
+    }
     rate.#timer = undefined
     rate.#pausedSince = undefined
     rate.#holder.releaseForRate()

@@ -61,7 +61,9 @@ export class ClientTable {
    * Lets a new connection from `address` in, or says why not. On success the returned release
    * gives its slot back; it does something only the first time it is called.
    */
-  admit(address: string): { ok: true; release: () => void } | ReturnType<typeof Refusals.clientRate> {
+  admit(
+    address: string,
+  ): { ok: true; release: () => void } | ReturnType<typeof Refusals.clientRate> {
     const key = this.keyOf(address)
     const client = this.#touch(key)
     const max = this.#limits.perClientConnections
@@ -69,7 +71,11 @@ export class ClientTable {
     if (client.bucket !== undefined) {
       const wait = client.bucket.take()
       if (wait > 0) {
-        return Refusals.clientRate(key, this.#limits.perClientRate, Math.max(1, Math.ceil(wait / 1000)))
+        return Refusals.clientRate(
+          key,
+          this.#limits.perClientRate,
+          Math.max(1, Math.ceil(wait / 1000)),
+        )
       }
     }
     client.open++

@@ -40,7 +40,14 @@ export async function openRawClient(
   t: Teardown,
   url: string,
   protocol = 'mqtt',
-  options: { protocolVersion?: 3 | 4 | 5; ca?: string; cert?: string; key?: string } = {},
+  options: {
+    protocolVersion?: 3 | 4 | 5
+    ca?: string
+    cert?: string
+    key?: string
+    /** Bind the client to this loopback address (another client to the gateway). */
+    localAddress?: string
+  } = {},
 ): Promise<RawMqttClient> {
   const { protocolVersion = 4, ...tls } = options
   const ws = new WebSocket(url, [protocol], tls)
