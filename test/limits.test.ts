@@ -2,7 +2,9 @@
 // (limits.acceptRate) and per connection (limits.messageRate, byteRate), over real sockets from
 // distinct loopback addresses: Linux routes all of 127.0.0.0/8 to lo, so binding a client to
 // 127.x.y.z makes it another client to the gateway.
+import { once } from 'node:events'
 import net from 'node:net'
+import tls from 'node:tls'
 import mqtt from 'mqtt'
 import t from 'tap'
 import { WebSocket } from 'ws'
@@ -12,6 +14,7 @@ import { ClientTable } from '../src/edge/client-limits.js'
 import { createMetrics } from '../src/metrics.js'
 import { startBroker, type Teardown } from './helpers/broker.js'
 import { startTestGateway, type TestGateway } from './helpers/gateway.js'
+import { testPki, tlsEnv, writeServerFiles } from './helpers/pki.js'
 import { parseResponse, upgradeRequest, type RawResponse } from './helpers/raw.js'
 import { adminGet, eventually, scrape, value } from './helpers/scrape.js'
 import { connectPacket, encode, openRawClient, type RawMqttClient } from './helpers/wsmqtt.js'
@@ -313,6 +316,66 @@ t.test('byteRate without mqtt.inspect counts bytes; messageRate needs inspect', 
   const metrics = await scrape(gw.adminUrl)
   t.ok(value(metrics, 'drawbridge_rate_pauses_total', { limit: 'byte' }) > 0)
   reset(client)
+})
+
+/**
+ * An mqtts client from `localAddress`: what it hears after its TLS handshake and a CONNECT,
+ * 'connack' (the first byte of one) or 'closed' (the socket ended without a byte).
+ */
+function mqttsFrom(
+  t: Teardown,
+  port: number,
+  ca: string,
+  localAddress: string,
+): Promise<{ heard: 'connack' | 'closed'; socket: tls.TLSSocket }> {
+  const tcp = net.connect({ host: '127.0.0.1', port, localAddress })
+  const socket = tls.connect({ socket: tcp, ca, servername: 'localhost' })
+  t.teardown(() => socket.destroy())
+  return new Promise((resolve, reject) => {
+    socket.once('secureConnect', () => socket.write(connectPacket(`mqtts-${localAddress}`)))
+    socket.once('data', (chunk: Buffer) => {
+      if (chunk[0] === 0x20) resolve({ heard: 'connack', socket })
+      else reject(new Error(`unexpected first byte ${chunk[0]}`))
+    })
+    socket.once('close', () => resolve({ heard: 'closed', socket }))
+    socket.once('error', () => undefined)
+  })
+}
+
+t.test('mqtts and wss share the per-client count; mqtts is closed after TLS', async (t) => {
+  const pki = testPki()
+  const broker = await startBroker(t, 'aedes')
+  const files = writeServerFiles(t, pki)
+  const gw = await startTestGateway(
+    t,
+    broker.port,
+    tlsEnv(files, {
+      DRAWBRIDGE_TCP_ENABLED: 'true',
+      DRAWBRIDGE_LIMITS_PER_CLIENT_CONNECTIONS: '1',
+    }),
+  )
+  const port = gw.mqttsPort as number
+  const first = await mqttsFrom(t, port, pki.ca.cert, '127.0.0.13')
+  t.equal(first.heard, 'connack', 'the first mqtts connection is bridged')
+  t.equal((await mqttsFrom(t, port, pki.ca.cert, '127.0.0.13')).heard, 'closed', 'second: closed')
+  const line = await gw.waitForLog((l) => l.msg === 'mqtts connection refused')
+  t.match(line, {
+    reason: 'client_connections',
+    remote: /^127\.0\.0\.13:/,
+    detail: /127\.0\.0\.13/,
+  })
+  // The same client over wss is the same client.
+  const ws = new WebSocket(gw.url, 'mqtt', { localAddress: '127.0.0.13', ca: pki.ca.cert })
+  ws.on('error', () => undefined)
+  t.teardown(() => ws.terminate())
+  const [, res] = (await once(ws, 'unexpected-response')) as [unknown, { statusCode: number }]
+  t.equal(res.statusCode, 429, 'wss from the same address: 429')
+  t.equal((await mqttsFrom(t, port, pki.ca.cert, '127.0.0.14')).heard, 'connack', 'another address')
+  // The slot comes back when the mqtts connection closes.
+  const closedBefore = gw.logs.filter((l) => l.msg === 'connection closed').length
+  first.socket.end()
+  await gw.waitForLogs((l) => l.msg === 'connection closed', closedBefore + 1)
+  t.equal((await mqttsFrom(t, port, pki.ca.cert, '127.0.0.13')).heard, 'connack', 'in again')
 })
 
 t.test('IPv6 clients are counted by limits.ipv6Prefix', async (t) => {
