@@ -69,7 +69,7 @@ async function socketPair(t: Teardown): Promise<{ near: net.Socket; far: net.Soc
 }
 
 function admission(socket: net.Socket): Admission {
-  return { socket, clientAddress: "127.0.0.1", upstream: undefined, onEnd: [], onClose: [] }
+  return { socket, clientAddress: '127.0.0.1', upstream: undefined, onEnd: [], onClose: [] }
 }
 
 // validateUpgrade reads only these fields of a request.
