@@ -186,13 +186,14 @@ function sendFor(
   packet: Buffer,
   perTick: number,
   ms: number,
+  stopped = (): boolean => false,
 ): Promise<number[]> {
   return new Promise((resolve) => {
     const start = performance.now()
     const sent: number[] = []
     const timer = setInterval(() => {
       const now = performance.now()
-      if (now - start >= ms) {
+      if (now - start >= ms || stopped()) {
         clearInterval(timer)
         resolve(sent)
         return
@@ -315,6 +316,73 @@ t.test('byteRate without mqtt.inspect counts bytes; messageRate needs inspect', 
   )
   const metrics = await scrape(gw.adminUrl)
   t.ok(value(metrics, 'drawbridge_rate_pauses_total', { limit: 'byte' }) > 0)
+  reset(client)
+})
+
+t.test('the rate and backpressure pauses do not resume each other', async (t) => {
+  // A broker that accepts and then stops reading: its socket fills, the gateway's buffer passes
+  // limits.highWaterMark, and the client is paused for backpressure as well as for its rate.
+  const readers = new Set<net.Socket>()
+  const stalled = net.createServer((socket) => {
+    readers.add(socket)
+    socket.pause()
+  })
+  stalled.listen(0, '127.0.0.1')
+  await once(stalled, 'listening')
+  t.teardown(() => {
+    for (const socket of readers) socket.destroy()
+    stalled.close()
+  })
+  const gw = await startTestGateway(t, (stalled.address() as net.AddressInfo).port, {
+    DRAWBRIDGE_LIMITS_MESSAGE_RATE: '100',
+    DRAWBRIDGE_LIMITS_HIGH_WATER_MARK: '16KiB',
+    // Pings on (a reset is noticed), but no pong timeout within the test: a client paused for
+    // backpressure cannot answer one either.
+    DRAWBRIDGE_WS_PING_INTERVAL: '300ms',
+    DRAWBRIDGE_WS_PONG_TIMEOUT: '60s',
+  })
+  const client = await openRawClient(t, gw.url, 'mqtt', { localAddress: '127.0.0.15' })
+  client.ws.send(connectPacket('both-pauses'))
+  const packet = encode({
+    cmd: 'publish',
+    topic: 'both/x',
+    payload: Buffer.alloc(8_000, 1),
+    qos: 0,
+    dup: false,
+    retain: false,
+  })
+  const view = async (): Promise<ConnectionView> => {
+    const views = JSON.parse((await adminGet(gw.adminUrl, '/connections')).body) as ConnectionView[]
+    const found = views.find((v) => v.clientAddress === '127.0.0.15')
+    if (found === undefined) throw new Error('the connection is gone')
+    return found
+  }
+  // Some hundreds of packets a second offered, 100 (800 KB) let through: the broker fills.
+  let done = false
+  const sending = sendFor(client, packet, 10, 15_000, () => done)
+  t.ok(
+    await eventually(async () => {
+      const v = await view()
+      return v.paused.clientToBroker && (v.rate?.holds ?? 0) > 0 && v.rate?.pausedSince === null
+    }, 12_000),
+    'held by backpressure, after the rate had held it and let it go',
+  )
+  // The rate's timer has fired and found backpressure holding: nothing more is read.
+  const held = await view()
+  const again: number[] = []
+  for (let i = 0; i < 10; i++) {
+    await new Promise((resolve) => setTimeout(resolve, 50))
+    again.push((await view()).bytes.clientToBroker)
+  }
+  t.same(new Set(again), new Set([held.bytes.clientToBroker]), 'not read while the broker is full')
+  // The broker reads again: its drain resumes the client, and bytes move on.
+  for (const socket of readers) socket.resume()
+  t.ok(
+    await eventually(async () => (await view()).bytes.clientToBroker > held.bytes.clientToBroker),
+    'read again once the broker drains',
+  )
+  done = true
+  await sending
   reset(client)
 })
 
