@@ -7,12 +7,8 @@
 // client may write. Start-up refuses the settings that could not work.
 //
 //   IDENTITY_SEED=1234  replays the random cuts (the seed is printed)
-import { spawn } from 'node:child_process'
 import { once } from 'node:events'
-import { chmodSync, mkdtempSync, writeFileSync } from 'node:fs'
-import { tmpdir } from 'node:os'
 import tls from 'node:tls'
-import { join } from 'node:path'
 import mqtt, { type MqttClient } from 'mqtt'
 import mqttPacket, { type IConnectPacket, type Packet } from 'mqtt-packet'
 import t from 'tap'
@@ -21,7 +17,8 @@ import { issueClientCert, type IssuedCert } from '../src/dev/certs.js'
 import { ConfigError } from '../src/errors.js'
 import { rewriteConnectUsername } from '../src/mqtt/identity.js'
 import type { ProtocolLevel } from '../src/mqtt/packet.js'
-import { freePort, MOSQUITTO, waitForOutput, type Teardown } from './helpers/broker.js'
+import { startAclMosquitto } from './helpers/acl-mosquitto.js'
+import { MOSQUITTO } from './helpers/broker.js'
 import { startTestGateway } from './helpers/gateway.js'
 import { testPki, tlsEnv, writeServerFiles } from './helpers/pki.js'
 import { scrape, value } from './helpers/scrape.js'
@@ -272,63 +269,7 @@ t.test(
   },
 )
 
-// ---- Mosquitto 2.0 with a per-username ACL -------------------------------------------------
-
-interface AclBroker {
-  port: number
-  /** Usernames Mosquitto logged for new clients ("u'alice'"; '' for none), by client id. */
-  usernames: Map<string, string>
-}
-
-async function startAclMosquitto(t: Teardown): Promise<AclBroker> {
-  const dir = mkdtempSync(join(tmpdir(), 'drawbridge-identity-'))
-  chmodSync(dir, 0o755) // run as root, Mosquitto drops to its own user before reading the ACL
-  const port = await freePort()
-  const acl = join(dir, 'acl')
-  // Anonymous clients may write public/ only; every user its own devices/<username>/; all read.
-  writeFileSync(
-    acl,
-    [
-      'topic write public/#',
-      'topic read #',
-      'pattern read #',
-      'pattern write devices/%u/#',
-      '',
-    ].join('\n'),
-  )
-  const conf = join(dir, 'mosquitto.conf')
-  writeFileSync(
-    conf,
-    [
-      `listener ${port} 127.0.0.1`,
-      'allow_anonymous true',
-      'persistence false',
-      `acl_file ${acl}`,
-      'log_dest stderr',
-      'log_type all',
-      '',
-    ].join('\n'),
-  )
-  const child = spawn(MOSQUITTO as string, ['-c', conf], { stdio: ['ignore', 'ignore', 'pipe'] })
-  const usernames = new Map<string, string>()
-  let partial = ''
-  child.stderr.on('data', (chunk: Buffer) => {
-    const lines = (partial + chunk.toString()).split('\n')
-    partial = lines.pop() ?? ''
-    for (const line of lines) {
-      const m = /New client connected from \S+ as (\S+) \(([^)]*)\)/.exec(line)
-      if (m === null) continue
-      usernames.set(m[1] as string, /u'([^']*)'/.exec(m[2] as string)?.[1] ?? '')
-    }
-  })
-  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()))
-  t.teardown(async () => {
-    if (child.exitCode === null) child.kill('SIGTERM')
-    await exited
-  })
-  await waitForOutput(child, /mosquitto version \S+ running/, 5_000)
-  return { port, usernames }
-}
+// Mosquitto 2.0 with a per-username ACL: test/helpers/acl-mosquitto.ts.
 
 function connect(url: string, options: mqtt.IClientOptions): Promise<MqttClient> {
   const client = mqtt.connect(url, { reconnectPeriod: 0, connectTimeout: 5_000, ...options })
