@@ -22,10 +22,12 @@ import {
   type Step,
   type Upgrade,
 } from '../src/edge/admission.js'
+import { EdgeAuth } from '../src/auth/gate.js'
 import { compileOrigins } from '../src/config/origin.js'
+import { ClientTable } from '../src/edge/client-limits.js'
 import type { RefusalReason } from '../src/edge/refusals.js'
 import type { TlsManager } from '../src/edge/tls.js'
-import { Metrics } from '../src/metrics.js'
+import { createMetrics, Metrics } from '../src/metrics.js'
 import { BrokerConnector } from '../src/upstream/connector.js'
 import { freePort, startSilentBroker } from './helpers/broker.js'
 import { startTestGateway } from './helpers/gateway.js'
@@ -155,6 +157,36 @@ t.test('routed upgrades (http.routes): their own list, in order', async (t) => {
       'route takes WebSockets',
       'WebSocket request',
       'origin',
+    ],
+  )
+  // With limits and auth.mode=jwt on, the same two checks as the MQTT endpoint's, in its order.
+  const clients = new ClientTable(
+    {
+      perClientConnections: 1,
+      perClientRate: 0,
+      perClientBurst: 0,
+      ipv6Prefix: 64,
+      trackedClients: 10,
+    },
+    createMetrics({ version: 'test', perClient: false, maxClientSeries: 1, processMetrics: false }),
+  )
+  t.same(
+    routedUpgradeSteps({
+      tls: undefined,
+      closing: () => false,
+      policy: { allowedOrigins: compileOrigins([]), requireOrigin: false },
+      clients,
+      // Only the list's shape is read here (no keys loaded); routes-limits-auth runs the step.
+      auth: Object.create(EdgeAuth.prototype) as EdgeAuth,
+    }).map((step) => step.name),
+    [
+      'client certificate',
+      'shutting down',
+      'route takes WebSockets',
+      'WebSocket request',
+      'origin',
+      'client limits',
+      'token',
     ],
   )
   const route = { prefix: '/app/', target: 'http://web', ws: true, stripPrefix: false, timeout: 1 }

@@ -64,6 +64,19 @@ function cookieValue(header: string | undefined, name: string): string | undefin
   return undefined
 }
 
+/**
+ * Takes the bearer.<token> entries out of the request's Sec-WebSocket-Protocol, in place: a
+ * routed upgrade goes on to a backend, which must not see the token the gateway checked (nor
+ * answer with it as its subprotocol). The header goes when nothing else is left in it.
+ */
+export function removeSubprotocolToken(req: IncomingMessage): void {
+  const offered = parseSubprotocols(req.headers['sec-websocket-protocol'])
+  if (offered === null || !offered.some((entry) => entry.startsWith(SUBPROTOCOL_PREFIX))) return
+  const kept = offered.filter((entry) => !entry.startsWith(SUBPROTOCOL_PREFIX))
+  if (kept.length === 0) delete req.headers['sec-websocket-protocol']
+  else req.headers['sec-websocket-protocol'] = kept.join(', ')
+}
+
 /** What an oversized token in `source` is answered with. */
 export function tooLargeStatus(source: FoundToken['source']): 401 | 414 | 431 {
   if (source === 'query') return 414

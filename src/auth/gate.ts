@@ -46,14 +46,23 @@ export class EdgeAuth {
     return this.auth.tokenFrom.includes('password')
   }
 
-  /** A WebSocket upgrade: its token checked, or let in for the CONNECT password, or refused. */
-  async upgrade(req: IncomingMessage, tls: ConnectionTls | undefined): Promise<AuthDecision> {
+  /**
+   * A WebSocket upgrade: its token checked, or let in for the CONNECT password, or refused.
+   * `connect` false (a routed upgrade: its backend's WebSocket carries no MQTT CONNECT) leaves
+   * only the sources read before the 101, and no token there is a 401.
+   */
+  async upgrade(
+    req: IncomingMessage,
+    tls: ConnectionTls | undefined,
+    { connect = true }: { connect?: boolean } = {},
+  ): Promise<AuthDecision> {
     const certified = this.#certificate(tls)
     if (certified !== undefined) return certified
     const found = findToken(req, this.auth.tokenFrom, this.auth.cookie)
     if (found === undefined) {
-      if (this.passwordAllowed) return { password: true }
-      this.refused({ ok: false, reason: 'missing', message: 'no token' }, 'request')
+      if (connect && this.passwordAllowed) return { password: true }
+      const message = connect ? 'no token' : 'no token before the 101 (a routed upgrade)'
+      this.refused({ ok: false, reason: 'missing', message }, 'request')
       return { refusal: Refusals.tokenMissing() }
     }
     const check = await this.verifier.verify(found.token, found.source)

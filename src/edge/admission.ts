@@ -13,6 +13,7 @@
 // broker, and its Connection dials one once the client's CONNECT has been read.
 import type { IncomingMessage } from 'node:http'
 import type { Duplex } from 'node:stream'
+import { removeSubprotocolToken } from '../auth/extract.js'
 import type { AuthAdmission, EdgeAuth } from '../auth/gate.js'
 import type { BrokerDial } from '../bridge/connection.js'
 import type { Config, ConnectOn } from '../config/schema.js'
@@ -159,12 +160,16 @@ export interface RoutedStepOptions {
   closing: () => boolean
   /** ws.allowedOrigins and ws.requireOrigin: one origin policy for the whole origin. */
   policy: Pick<HandshakePolicy, 'allowedOrigins' | 'requireOrigin'>
+  /** auth.mode=jwt; undefined when it is none. */
+  auth?: EdgeAuth | undefined
+  /** The same table as the MQTT endpoint's: a routed WebSocket counts as one of the client's. */
+  clients?: ClientTable | undefined
 }
 
 /**
- * The routed upgrade's list. Checks about the client rather than the MQTT request go here too:
- * per-client limits and the token check are steps of type Step<RequestAdmission> (or
- * Step<Admission>) added after allowedOrigin(), the same objects as in websocketSteps().
+ * The routed upgrade's list. Checks about the client rather than the MQTT request come after
+ * the origin, in the order of websocketSteps(): per-client limits, then the token. The slot
+ * the limits step takes is given back when the tunnel's client socket closes (server.ts).
  */
 export function routedUpgradeSteps(options: RoutedStepOptions): Step<RoutedUpgrade>[] {
   return [
@@ -173,7 +178,8 @@ export function routedUpgradeSteps(options: RoutedStepOptions): Step<RoutedUpgra
     routeTakesWebSockets(),
     webSocketRequest(),
     allowedOrigin(options.policy),
-    // Per-client limits and the token check: here.
+    ...clientLimits(options.clients),
+    ...(options.auth ? [routedTokenChecked(options.auth, options.tls)] : []),
   ]
 }
 
@@ -294,6 +300,31 @@ export function tokenChecked(auth: EdgeAuth, tls: TlsManager | undefined): Step<
       const decision = await auth.upgrade(upgrade.req, tls?.verdict(upgrade.socket)?.tls)
       if ('refusal' in decision) return decision.refusal
       if (!upgrade.socket.readable || !upgrade.socket.writable) return CLIENT_LEFT
+      upgrade.auth = decision
+      return undefined
+    },
+  }
+}
+
+/**
+ * auth.mode=jwt for a routed upgrade: only a token in the request (or a client certificate)
+ * lets it in, as there is no CONNECT password to wait for. A bearer.<token> subprotocol entry
+ * is the gateway's and is taken out before the request goes on; an access_token query
+ * parameter is left for the web app, which may want it.
+ */
+export function routedTokenChecked(
+  auth: EdgeAuth,
+  tls: TlsManager | undefined,
+): Step<RoutedUpgrade> {
+  return {
+    name: 'token',
+    async run(upgrade) {
+      const decision = await auth.upgrade(upgrade.req, tls?.verdict(upgrade.socket)?.tls, {
+        connect: false,
+      })
+      if ('refusal' in decision) return decision.refusal
+      if (!upgrade.socket.readable || !upgrade.socket.writable) return CLIENT_LEFT
+      if (auth.auth.tokenFrom.includes('subprotocol')) removeSubprotocolToken(upgrade.req)
       upgrade.auth = decision
       return undefined
     },

@@ -139,6 +139,8 @@ export class EdgeServer {
       tls,
       closing: () => this.#closing,
       policy: this.#policy,
+      auth: options.auth,
+      clients: options.clients,
     })
     this.#clientAddresses = new ClientAddressResolver(options.http.trustedProxies)
     this.#router =
@@ -412,9 +414,15 @@ export class EdgeServer {
   // The same refusals as the MQTT endpoint's; what the backend answers is its own affair.
   async #routedUpgrade(upgrade: RoutedUpgrade, head: Buffer): Promise<void> {
     const { req, socket, route } = upgrade
-    const outcome = await admit(this.#routedSteps, upgrade, () =>
-      this.#router?.upgrade(req, socket, head, route),
-    )
+    const outcome = await admit(this.#routedSteps, upgrade, (accepted) => {
+      // The client socket closes once, whether the tunnel ends or the backend dial fails.
+      const release = releaseOnClose(accepted)
+      if (release !== undefined) {
+        if (socket.destroyed) release()
+        else socket.once('close', release)
+      }
+      this.#router?.upgrade(req, socket, head, route)
+    })
     if (outcome.ok) return
     if ('refusal' in outcome) this.#refuse.socket(socket, req, outcome.refusal)
     else socket.destroy()
