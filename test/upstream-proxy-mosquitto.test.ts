@@ -252,7 +252,13 @@ t.test('PROXY to Mosquitto 2.1', { skip, timeout: 90_000 }, async (t) => {
     t.equal((await adminGet(gw.adminUrl, '/readyz')).status, 200)
     const since = broker.log().slice(from)
     if (process.env.DUMP_BROKER_LOG !== undefined) console.error(broker.log())
-    t.notMatch(since, /rejected|corrupt|disconnected/, 'no check was refused or complained of')
+    // A check whose close Mosquitto reads after the LOCAL header is logged as an ordinary
+    // "disconnected: connection closed by client" (seen once under load in CI): not a refusal.
+    t.notMatch(
+      since,
+      /rejected|corrupt|disconnected: (?!connection closed by client)/,
+      'no check was refused or complained of',
+    )
     // What a check without the header would cost: a bare connect and close is logged each time.
     const bare = net.connect(broker.ports.strict ?? 0, '127.0.0.1')
     await once(bare, 'connect')
