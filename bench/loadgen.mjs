@@ -404,6 +404,16 @@ function wsFrame(opcode, payload) {
   return out
 }
 
+/** The raw HTTP upgrade request of a set-up or storm client. */
+function upgradeRequest(target, key) {
+  return (
+    `GET ${target.path} HTTP/1.1\r\nHost: ${target.host}:${target.port}\r\nUpgrade: websocket\r\n` +
+    `Connection: Upgrade\r\nSec-WebSocket-Key: ${key}\r\nSec-WebSocket-Version: 13\r\n` +
+    (target.protocol ? `Sec-WebSocket-Protocol: ${target.protocol}\r\n` : '') +
+    '\r\n'
+  )
+}
+
 /**
  * One connection setup, timed by the caller: TLS (or TCP), HTTP upgrade, then CONNECT/CONNACK
  * in a binary frame. Resolves at CONNACK; the close (WebSocket close frame + FIN) goes on in
@@ -427,12 +437,7 @@ function setupOnce(target, session, closing) {
       reject(err)
     })
     socket.once(target.kind === 'wss' ? 'secureConnect' : 'connect', () => {
-      socket.write(
-        `GET ${target.path} HTTP/1.1\r\nHost: ${target.host}:${target.port}\r\nUpgrade: websocket\r\n` +
-          `Connection: Upgrade\r\nSec-WebSocket-Key: ${key}\r\nSec-WebSocket-Version: 13\r\n` +
-          (target.protocol ? `Sec-WebSocket-Protocol: ${target.protocol}\r\n` : '') +
-          '\r\n',
-      )
+      socket.write(upgradeRequest(target, key))
     })
     socket.on('data', (chunk) => {
       buf = Buffer.concat([buf, chunk])
@@ -547,12 +552,7 @@ function stormAttempt(target, clientId, timeoutMs, session) {
     socket.once('error', (err) => fail(err.code === 'ECONNRESET' ? 'reset' : (err.code ?? 'error')))
     socket.once('close', () => fail(stage === 'http' ? 'closed before the 101' : 'closed'))
     socket.once(target.kind === 'wss' ? 'secureConnect' : 'connect', () => {
-      socket.write(
-        `GET ${target.path} HTTP/1.1\r\nHost: ${target.host}:${target.port}\r\nUpgrade: websocket\r\n` +
-          `Connection: Upgrade\r\nSec-WebSocket-Key: ${key}\r\nSec-WebSocket-Version: 13\r\n` +
-          (target.protocol ? `Sec-WebSocket-Protocol: ${target.protocol}\r\n` : '') +
-          '\r\n',
-      )
+      socket.write(upgradeRequest(target, key))
     })
     socket.on('data', (chunk) => {
       if (settled) return

@@ -104,6 +104,17 @@ const wsTarget = (kind, port, protocol = 'mqtt') => ({
   protocol,
 })
 
+/** The naive bridge's command line; with `tlsFiles`, it serves wss. */
+const naiveArgs = (ctx, port, tlsFiles) => [
+  ...ctx.nodeFlags,
+  NAIVE,
+  '--port',
+  String(port),
+  '--broker',
+  `127.0.0.1:${ctx.broker.port}`,
+  ...(tlsFiles ? ['--cert', tlsFiles.cert, '--key', tlsFiles.key] : []),
+]
+
 /**
  * Every system. `tls` systems take the certificate from ctx.cert (one of ctx.certs);
  * `available(ctx)` returns undefined or why the system cannot run here.
@@ -129,14 +140,7 @@ export const SYSTEMS = [
       const p = await startProcess(
         'naive-ws',
         process.execPath,
-        (port) => [
-          ...ctx.nodeFlags,
-          NAIVE,
-          '--port',
-          String(port),
-          '--broker',
-          `127.0.0.1:${ctx.broker.port}`,
-        ],
+        (port) => naiveArgs(ctx, port),
         naiveEnv,
       )
       return { ...p, target: wsTarget('ws', p.port) }
@@ -166,18 +170,7 @@ export const SYSTEMS = [
       const p = await startProcess(
         'naive-wss',
         process.execPath,
-        (port) => [
-          ...ctx.nodeFlags,
-          NAIVE,
-          '--port',
-          String(port),
-          '--broker',
-          `127.0.0.1:${ctx.broker.port}`,
-          '--cert',
-          ctx.cert.cert,
-          '--key',
-          ctx.cert.key,
-        ],
+        (port) => naiveArgs(ctx, port, ctx.cert),
         naiveEnv,
       )
       return { ...p, target: wsTarget('wss', p.port) }
