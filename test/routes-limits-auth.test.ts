@@ -13,7 +13,7 @@ import { freePort, startBroker } from './helpers/broker.js'
 import { startTestGateway, type TestGateway } from './helpers/gateway.js'
 import { AUDIENCE, ISSUER, SECRET, signHs256 } from './helpers/jwt.js'
 import { eventually } from './helpers/scrape.js'
-import { startWebBackend } from './helpers/web-backend.js'
+import { noRoutedSocketsLeft, startWebBackend } from './helpers/web-backend.js'
 
 type Opened =
   { ws: WebSocket } | { status: number; headers: http.IncomingHttpHeaders; body: string }
@@ -103,15 +103,7 @@ const url = (gw: TestGateway, path: string): string => `ws://127.0.0.1:${gw.port
 
 t.afterEach(async () => {
   await backend.whenIdle()
-  for (const gw of [authed, passwordOnly, limited]) {
-    const closed = await eventually(async () => {
-      const open = gw.gateway.routedSocketsOpen
-      return open.backend === 0 && open.tunnels === 0
-    }, 3_000)
-    if (!closed) {
-      throw new Error(`gateway side: ${JSON.stringify(gw.gateway.routedSocketsOpen)} still open`)
-    }
-  }
+  await noRoutedSocketsLeft([authed, passwordOnly, limited])
 })
 
 t.test(

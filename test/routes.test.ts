@@ -13,7 +13,12 @@ import { freePort, startBroker } from './helpers/broker.js'
 import { startTestGateway, type TestGateway } from './helpers/gateway.js'
 import { testPki, tlsEnv, writeServerFiles } from './helpers/pki.js'
 import { eventually, parseExposition, value } from './helpers/scrape.js'
-import { startWebBackend, type Seen, type WebBackend } from './helpers/web-backend.js'
+import {
+  noRoutedSocketsLeft,
+  startWebBackend,
+  type Seen,
+  type WebBackend,
+} from './helpers/web-backend.js'
 
 interface Answer {
   status: number
@@ -166,15 +171,7 @@ const trusting = await startTestGateway(t, broker.port, {
 // backend is closed, as seen by the backend and by the gateway, and no tunnel is left.
 t.afterEach(async () => {
   await backend.whenIdle()
-  for (const gw of [plain, secure, trusting]) {
-    const closed = await eventually(async () => {
-      const open = gw.gateway.routedSocketsOpen
-      return open.backend === 0 && open.tunnels === 0
-    }, 3_000)
-    if (!closed) {
-      throw new Error(`gateway side: ${JSON.stringify(gw.gateway.routedSocketsOpen)} still open`)
-    }
-  }
+  await noRoutedSocketsLeft([plain, secure, trusting])
 })
 
 t.test('GET and POST bodies pass both ways, on ws and wss', async (t) => {

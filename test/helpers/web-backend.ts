@@ -6,6 +6,8 @@ import http from 'node:http'
 import type { AddressInfo, Socket } from 'node:net'
 import { WebSocketServer } from 'ws'
 import type { Teardown } from './broker.js'
+import type { TestGateway } from './gateway.js'
+import { eventually } from './scrape.js'
 import type { StaticEntry } from './static-server.js'
 import { readFileSync } from 'node:fs'
 
@@ -135,5 +137,21 @@ export async function startWebBackend(
         }
         idleWaiters.add(wake)
       }),
+  }
+}
+
+/**
+ * The gateway side of the same check: throws unless every socket each of `gateways` opened to a
+ * backend, and every routed tunnel, has closed within 3 s.
+ */
+export async function noRoutedSocketsLeft(gateways: readonly TestGateway[]): Promise<void> {
+  for (const gw of gateways) {
+    const closed = await eventually(async () => {
+      const open = gw.gateway.routedSocketsOpen
+      return open.backend === 0 && open.tunnels === 0
+    }, 3_000)
+    if (!closed) {
+      throw new Error(`gateway side: ${JSON.stringify(gw.gateway.routedSocketsOpen)} still open`)
+    }
   }
 }
